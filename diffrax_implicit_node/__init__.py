@@ -1,0 +1,16 @@
+import importlib.metadata
+
+from ._interpolation import (
+    LocalPolynomialInterpolation as LocalPolynomialInterpolation,
+)
+from ._root_finder import SimplifiedNewton as SimplifiedNewton
+from ._solver import (
+    AbstractCollocationSolver as AbstractCollocationSolver,
+    BackwardEuler as BackwardEuler,
+    RadauIIA3 as RadauIIA3,
+    RadauIIA5 as RadauIIA5,
+    Trapezoid as Trapezoid,
+)
+
+
+__version__ = importlib.metadata.version("diffrax_implicit_node")

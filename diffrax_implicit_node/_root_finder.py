@@ -1,0 +1,234 @@
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import optimistix as optx
+from equinox.internal import ω
+from jaxtyping import Array, Bool, PyTree, Scalar
+
+
+class AbstractNewtonMatrix(eqx.Module):
+    """An (approximate) Jacobian of a root-finding problem, already factorised, that
+    [`diffrax_implicit_node.SimplifiedNewton`][] uses in place of computing its own.
+
+    Implicit Runge--Kutta solvers build one of these per step from a single Jacobian of
+    the vector field, and pass it as `options=dict(newton_matrix=...)`.
+    """
+
+    @abc.abstractmethod
+    def solve(self, residual: PyTree[Array]) -> tuple[PyTree[Array], optx.RESULTS]:
+        """Returns `(J^{-1} residual, result)`."""
+
+
+class _LinearisedNewtonMatrix(AbstractNewtonMatrix):
+    operator: lx.AbstractLinearOperator
+    state: PyTree[Any]
+    linear_solver: lx.AbstractLinearSolver
+
+    def solve(self, residual: PyTree[Array]) -> tuple[PyTree[Array], optx.RESULTS]:
+        sol = lx.linear_solve(
+            self.operator,
+            residual,
+            self.linear_solver,
+            state=self.state,
+            throw=False,
+        )
+        return sol.value, optx.RESULTS.promote(sol.result)
+
+
+class _NoAux(eqx.Module):
+    fn: Callable
+
+    def __call__(self, y, args):
+        out, _ = self.fn(y, args)
+        return out
+
+
+class _SimplifiedNewtonState(eqx.Module):
+    newton_matrix: AbstractNewtonMatrix
+    scale: PyTree[Array]
+    diffsize: Scalar
+    diffsize_prev: Scalar
+    result: optx.RESULTS
+    step: Scalar
+
+
+def _exactly_solved(diffsize: Scalar) -> Bool[Array, ""]:
+    # An increment at round-off level: the iteration cannot improve any further.
+    resolution = 10 ** (2 - jnp.finfo(diffsize.dtype).precision)
+    return diffsize < resolution
+
+
+class SimplifiedNewton(optx.AbstractRootFinder):
+    """Simplified Newton iteration with the convergence control of Hairer & Wanner.
+
+    The Jacobian is evaluated and factorised once, at the initial point, and reused by
+    every iteration. Rather than waiting for two successive iterates to agree, the
+    iteration watches its own contraction rate `θ = ‖Δₖ‖ / ‖Δₖ₋₁‖`: it stops as soon as
+    the predicted remaining error `θ / (1 - θ) ‖Δₖ‖` is below `kappa` (measured in units
+    of `atol + rtol |y|`), and gives up early as soon as `θ ≥ 1` or the rate predicts
+    that `max_steps` iterations will not suffice. A failure is reported through the
+    returned `RESULTS`, so that an adaptive step-size controller can reject the step
+    and retry with a smaller one.
+
+    When used inside a solver of this package, the solver passes an already factorised
+    (W-transformed) Newton matrix through `options=dict(newton_matrix=...)`, and a
+    reference value through `options=dict(scale_reference=...)` against which `rtol` is
+    measured. Used on its own, it computes and LU-factorises the Jacobian of `fn` at the
+    initial point, i.e. it is the chord method.
+
+    ??? cite "Reference"
+
+        ```bibtex
+        @book{hairer1996solving,
+            title={Solving Ordinary Differential Equations II: Stiff and
+                   Differential-Algebraic Problems},
+            author={Hairer, Ernst and Wanner, Gerhard},
+            edition={2},
+            year={1996},
+            publisher={Springer},
+            note={Section IV.8}
+        }
+        ```
+    """
+
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar] = optx.rms_norm
+    kappa: float = 1e-2
+    linear_solver: lx.AbstractLinearSolver = lx.LU()
+
+    def init(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        f_struct: PyTree[jax.ShapeDtypeStruct],
+        aux_struct: PyTree[jax.ShapeDtypeStruct],
+        tags: frozenset[object],
+    ) -> _SimplifiedNewtonState:
+        del f_struct, aux_struct
+        try:
+            newton_matrix = options["newton_matrix"]
+        except KeyError:
+            operator = lx.linearise(
+                lx.JacobianLinearOperator(_NoAux(fn), y, args, tags=tags)
+            )
+            linear_state = lax.stop_gradient(self.linear_solver.init(operator, {}))
+            newton_matrix = _LinearisedNewtonMatrix(
+                operator, linear_state, self.linear_solver
+            )
+        reference = options.get("scale_reference", y)
+        with jax.numpy_dtype_promotion("standard"):
+            scale = (self.atol + self.rtol * ω(reference).call(jnp.abs)).ω
+        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        return _SimplifiedNewtonState(
+            newton_matrix=newton_matrix,
+            scale=lax.stop_gradient(scale),
+            diffsize=jnp.array(jnp.inf, dtype=dtype),
+            diffsize_prev=jnp.array(jnp.inf, dtype=dtype),
+            result=optx.RESULTS.successful,
+            step=jnp.array(0),
+        )
+
+    def step(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _SimplifiedNewtonState,
+        tags: frozenset[object],
+    ) -> tuple[PyTree[Array], _SimplifiedNewtonState, Any]:
+        del options, tags
+        residual, aux = fn(y, args)
+        diff, result = state.newton_matrix.solve(residual)
+        new_y = (y**ω - diff**ω).ω
+        with jax.numpy_dtype_promotion("standard"):
+            diffsize = self.norm((diff**ω / state.scale**ω).ω)
+        new_state = _SimplifiedNewtonState(
+            newton_matrix=state.newton_matrix,
+            scale=state.scale,
+            diffsize=jnp.asarray(diffsize, dtype=state.diffsize.dtype),
+            diffsize_prev=state.diffsize,
+            result=result,
+            step=state.step + 1,
+        )
+        return new_y, new_state, aux
+
+    def terminate(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _SimplifiedNewtonState,
+        tags: frozenset[object],
+    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+        del fn, y, args, tags
+        max_steps = options.get("max_steps")
+        # The contraction rate needs two increments; until then only an exact solve
+        # (e.g. a linear problem, or a perfect initial guess) may stop the iteration.
+        have_rate = state.step >= 2
+        rate = state.diffsize / state.diffsize_prev
+        exact = _exactly_solved(state.diffsize)
+        converged = (
+            have_rate & (rate < 1) & (rate / (1 - rate) * state.diffsize < self.kappa)
+        )
+        diverged = have_rate & jnp.invert(exact) & ~(rate < 1)
+        if max_steps is not None:
+            # Predicted error after the iterations that remain: give up early if even
+            # these will not reach the tolerance.
+            remaining = max_steps - state.step
+            hopeless = have_rate & (
+                rate**remaining / (1 - rate) * state.diffsize > self.kappa
+            )
+            diverged = diverged | (hopeless & jnp.invert(converged | exact))
+        not_finite = jnp.invert(jnp.isfinite(state.diffsize)) & (state.step >= 1)
+        failed = diverged | not_finite
+        linear_solve_failed = state.result != optx.RESULTS.successful
+        result = optx.RESULTS.where(
+            linear_solve_failed,
+            state.result,
+            optx.RESULTS.where(
+                failed, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+            ),
+        )
+        terminate = (state.step >= 1) & (
+            exact | converged | failed | linear_solve_failed
+        )
+        return terminate, result
+
+    def postprocess(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        aux: Any,
+        args: PyTree,
+        options: dict[str, Any],
+        state: _SimplifiedNewtonState,
+        tags: frozenset[object],
+        result: optx.RESULTS,
+    ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
+        return y, aux, {}
+
+
+SimplifiedNewton.__init__.__doc__ = """**Arguments:**
+
+- `rtol`: Relative tolerance, against `options["scale_reference"]` if given (the
+    solution at the start of the step, for the solvers of this package) and against the
+    iterate otherwise.
+- `atol`: Absolute tolerance.
+- `norm`: The norm in which increments are measured, e.g. `optimistix.rms_norm`.
+- `kappa`: The iteration stops once its predicted remaining error is below `kappa`
+    times the tolerance. Hairer & Wanner recommend values between `1e-2` and `1e-1`.
+- `linear_solver`: The Lineax solver used to factorise the Jacobian when no Newton
+    matrix is passed in `options`.
+"""

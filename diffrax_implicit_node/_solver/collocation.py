@@ -1,0 +1,480 @@
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple, TYPE_CHECKING
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import optimistix as optx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
+
+from .._interpolation import LocalPolynomialInterpolation
+from .._root_finder import AbstractNewtonMatrix, SimplifiedNewton
+
+
+if TYPE_CHECKING:
+    from typing import ClassVar as AbstractClassVar, ClassVar as AbstractVar
+else:
+    from equinox import AbstractClassVar, AbstractVar
+
+
+RealScalarLike = float | int | ArrayLike
+
+
+class CollocationTableau(eqx.Module):
+    """The constants of a stiffly accurate collocation method, and everything derived
+    from them that a step needs.
+
+    The first stage may be explicit (`c[0] == 0` and a zero first row of `a`, as for
+    Lobatto IIIA methods such as the trapezoidal rule); every other stage is implicit.
+    The implicit part of `a` must be invertible, so that its inverse can be
+    diagonalised (the W-transformation of Butcher and of Hairer & Wanner IV.8): one
+    Newton iteration then costs one LU factorisation of `λ I - h J` per real
+    eigenvalue `λ` of the inverse and per complex-conjugate pair, instead of one of the
+    whole stage system.
+    """
+
+    c: np.ndarray
+    a: np.ndarray
+    order: int
+    error_order: int
+    error_filter_shift: float
+    # Derived.
+    explicit_first_stage: bool
+    c_implicit: np.ndarray
+    a_implicit: np.ndarray
+    a_implicit_inv: np.ndarray
+    a_explicit: np.ndarray
+    transform: np.ndarray
+    transform_inv: np.ndarray
+    # For each implicit stage's transformed system: which linear system to solve, and
+    # whether to conjugate its solution (conjugate eigenvalues share one solve).
+    system_of_stage: tuple[int, ...]
+    conjugate_stage: tuple[bool, ...]
+    shifts: tuple[complex, ...]
+    error_filter_system: int
+    dense_coeffs: np.ndarray
+
+    def __init__(
+        self,
+        *,
+        c: np.ndarray,
+        a: np.ndarray,
+        order: int,
+        error_order: int,
+        error_filter_shift: float,
+    ):
+        self.c = c
+        self.a = a
+        self.order = order
+        self.error_order = error_order
+        self.error_filter_shift = float(error_filter_shift)
+        self.explicit_first_stage = bool(c[0] == 0 and np.all(a[0] == 0))
+        first = 1 if self.explicit_first_stage else 0
+        self.c_implicit = c[first:]
+        self.a_explicit = a[first:, 0] if first else np.zeros(len(c))
+        self.a_implicit = a[first:, first:]
+        a_implicit_inv = np.linalg.inv(self.a_implicit)
+        self.a_implicit_inv = a_implicit_inv
+
+        eigenvalues, vectors = np.linalg.eig(a_implicit_inv)
+        eigenvalues = eigenvalues.astype(complex)
+        vectors = vectors.astype(complex)
+        shifts: list[complex] = []
+        system_of_stage = []
+        conjugate_stage = []
+        for k, eigenvalue in enumerate(eigenvalues):
+            if eigenvalue.imag < -1e-12:
+                partner = int(np.argmin(np.abs(eigenvalues - eigenvalue.conjugate())))
+                vectors[:, k] = vectors[:, partner].conjugate()
+                system_of_stage.append(shifts.index(complex(eigenvalues[partner])))
+                conjugate_stage.append(True)
+            else:
+                if abs(eigenvalue.imag) <= 1e-12:
+                    eigenvalue = complex(eigenvalue.real)
+                    vectors[:, k] = vectors[:, k].real
+                    eigenvalues[k] = eigenvalue
+                shifts.append(complex(eigenvalue))
+                system_of_stage.append(len(shifts) - 1)
+                conjugate_stage.append(False)
+        self.transform = vectors
+        self.transform_inv = np.linalg.inv(vectors)
+        self.system_of_stage = tuple(system_of_stage)
+        self.conjugate_stage = tuple(conjugate_stage)
+        # Reuse a Newton system for the error filter where the shift is the same.
+        matching = [
+            i
+            for i, shift in enumerate(shifts)
+            if abs(shift - error_filter_shift) <= 1e-12 * abs(error_filter_shift)
+        ]
+        if not matching:
+            shifts.append(complex(error_filter_shift))
+            matching = [len(shifts) - 1]
+        self.error_filter_system = matching[0]
+        self.shifts = tuple(shifts)
+
+        # The collocation polynomial is u(t0 + θh) = y0 + Σⱼ hf(Yⱼ) ∫₀^θ Lⱼ, with Lⱼ
+        # the Lagrange basis on the nodes c; row j holds the coefficients of θ, θ², ...
+        stages = len(c)
+        dense_coeffs = np.empty((stages, stages))
+        for j in range(stages):
+            others = np.delete(c, j)
+            basis = np.poly1d(np.poly(others)) / np.prod(c[j] - others)
+            dense_coeffs[j] = basis.integ().coeffs[::-1][1:]
+        self.dense_coeffs = dense_coeffs
+
+    def __check_init__(self):
+        if self.a.shape != (len(self.c), len(self.c)):
+            raise ValueError("`a` must be square, with one row per node in `c`.")
+        if not np.allclose(self.a.sum(axis=1), self.c):
+            raise ValueError("The row sums of `a` must equal `c`.")
+        if self.c[-1] != 1:
+            raise ValueError("A stiffly accurate method needs `c[-1] == 1`.")
+
+
+def embedded_error_weights(c: np.ndarray, a: np.ndarray, gamma0: float) -> np.ndarray:
+    """Weights `w` of the embedded error estimate of Hairer & Wanner (IV.8.19-20),
+
+    `err = (I - γ₀ h J)⁻¹ (γ₀ h f(t0, y0) + Σᵢ wᵢ Zᵢ)`,
+
+    for a collocation method with invertible `a` and `c[-1] == 1`. The estimate compares
+    the step with an embedded method of order `s` (the number of stages) that also uses
+    `f(t0, y0)` and, implicitly, `f(t1, ŷ1)`, both with weight `γ₀`; linearising the
+    latter around `y1` gives the matrix `I - γ₀ h J`.
+    """
+    stages = len(c)
+    vandermonde = np.vander(c, stages, increasing=True).T
+    # The embedded quadrature must integrate θ^(k-1) exactly, k = 1, ..., s.
+    quadrature_defect = np.full(stages, -gamma0)
+    quadrature_defect[0] -= gamma0
+    weight_difference = np.linalg.solve(vandermonde, quadrature_defect)
+    a_inv = np.linalg.inv(a)
+    return a_inv.T @ weight_difference + gamma0 * a_inv[-1]
+
+
+class _CollocationNewtonMatrix(AbstractNewtonMatrix):
+    """`I - (A ⊗ hJ)` for the implicit stages, factorised through the eigenvalues of
+    `A⁻¹`: `(A⁻¹ ⊗ I - I ⊗ hJ) = (T ⊗ I)(Λ ⊗ I - I ⊗ hJ)(T⁻¹ ⊗ I) `.
+    """
+
+    operators: tuple[lx.MatrixLinearOperator, ...]
+    states: tuple[PyTree[Any], ...]
+    to_eigenbasis: Array  # T⁻¹ A⁻¹
+    from_eigenbasis: Array  # T
+    system_of_stage: tuple[int, ...] = eqx.field(static=True)
+    conjugate_stage: tuple[bool, ...] = eqx.field(static=True)
+    error_filter_shift: float = eqx.field(static=True)
+    error_filter_system: int = eqx.field(static=True)
+
+    def __init__(self, tableau: CollocationTableau, hjac: Float[Array, "n n"]):
+        complex_dtype = _complex_dtype(hjac.dtype)
+        identity = jnp.eye(hjac.shape[0], dtype=hjac.dtype)
+        operators = []
+        for shift in tableau.shifts:
+            if shift.imag == 0:
+                matrix = shift.real * identity - hjac
+            else:
+                matrix = shift * identity - hjac.astype(complex_dtype)
+            operators.append(lx.MatrixLinearOperator(matrix))
+        self.operators = tuple(operators)
+        self.states = tuple(lx.LU().init(op, {}) for op in operators)
+        self.to_eigenbasis = jnp.asarray(
+            tableau.transform_inv @ tableau.a_implicit_inv, dtype=complex_dtype
+        )
+        self.from_eigenbasis = jnp.asarray(tableau.transform, dtype=complex_dtype)
+        self.system_of_stage = tableau.system_of_stage
+        self.conjugate_stage = tableau.conjugate_stage
+        self.error_filter_shift = tableau.error_filter_shift
+        self.error_filter_system = tableau.error_filter_system
+
+    def solve_shifted(self, system: int, vector: Array) -> tuple[Array, Array]:
+        """Solves `(shifts[system] I - hJ) x = vector`."""
+        operator = self.operators[system]
+        vector = vector.astype(operator.matrix.dtype)
+        solution = lx.linear_solve(
+            operator, vector, lx.LU(), state=self.states[system], throw=False
+        )
+        return solution.value, solution.result
+
+    def solve(self, residual: Float[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
+        transformed = self.to_eigenbasis @ residual.astype(self.to_eigenbasis.dtype)
+        solved = {}
+        result = lx.RESULTS.successful
+        for k, (system, conjugate) in enumerate(
+            zip(self.system_of_stage, self.conjugate_stage)
+        ):
+            if not conjugate:
+                value, system_result = self.solve_shifted(system, transformed[k])
+                solved[system] = value.astype(transformed.dtype)
+                result = lx.RESULTS.where(
+                    result == lx.RESULTS.successful, system_result, result
+                )
+        # Conjugate eigenvalues have conjugate right-hand sides, hence solutions.
+        pieces = [
+            solved[system].conj() if conjugate else solved[system]
+            for system, conjugate in zip(self.system_of_stage, self.conjugate_stage)
+        ]
+        increments = self.from_eigenbasis @ jnp.stack(pieces)
+        return increments.real.astype(residual.dtype), optx.RESULTS.promote(result)
+
+    def solve_error_filter(self, vector: Array) -> Array:
+        """Applies `(I - γ₀ hJ)⁻¹`, with `γ₀ = 1 / error_filter_shift`."""
+        value, _ = self.solve_shifted(
+            self.error_filter_system, self.error_filter_shift * vector
+        )
+        return value.real.astype(vector.dtype)
+
+
+def _complex_dtype(dtype) -> jnp.dtype:
+    return jnp.result_type(dtype, jnp.complex64)
+
+
+class CollocationStep(NamedTuple):
+    """What one step of a collocation solver computed, for its error estimate."""
+
+    t0: RealScalarLike
+    t1: RealScalarLike
+    hf: Callable[[RealScalarLike, Array], Array]  # (t, y) -> h f(t, y), flat arrays
+    y0: Float[Array, " n"]
+    stages: Float[Array, "m n"]  # Zᵢ = Yᵢ - y0, implicit stages only
+    stage_derivatives: Float[Array, "s n"]  # h f(Yᵢ), all stages
+    dense_coeffs: Float[Array, "s n"]
+    hf0: Float[Array, " n"]
+    newton_matrix: _CollocationNewtonMatrix
+
+
+def embedded_error_estimate(
+    step: CollocationStep, weights: np.ndarray
+) -> Float[Array, " n"]:
+    """Hairer & Wanner's stiffly filtered estimate (IV.8.19-20), filtered twice.
+
+    The first filtering alone tends to `-y0` in the very stiff limit, which would
+    reject perfectly good steps; evaluating `f` once more at `y0 + err` (the "second
+    filtering", which Hairer & Wanner apply after rejections) removes that. Doing it
+    on every step costs one evaluation of `f` and keeps the step free of branches,
+    which under `vmap` would cost both sides anyway.
+    """
+    gamma0 = 1 / step.newton_matrix.error_filter_shift
+    with jax.numpy_dtype_promotion("standard"):
+        stage_part = jnp.asarray(weights, dtype=step.y0.dtype) @ step.stages
+        error = step.newton_matrix.solve_error_filter(gamma0 * step.hf0 + stage_part)
+        hf_perturbed = step.hf(step.t0, step.y0 + error)
+        return step.newton_matrix.solve_error_filter(gamma0 * hf_perturbed + stage_part)
+
+
+def _check_same_structure(vector_field_out: PyTree[Array], y0: PyTree[Array]):
+    out_shapes = jax.tree.map(jnp.shape, vector_field_out)
+    y0_shapes = jax.tree.map(jnp.shape, y0)
+    if out_shapes != y0_shapes:
+        raise ValueError(
+            "The vector field must return a PyTree with the same structure and shapes "
+            f"as `y0`; got shapes {out_shapes} for `y0` of shapes {y0_shapes}."
+        )
+
+
+_SolverState = tuple[RealScalarLike, PyTree[Array]]
+
+
+class AbstractCollocationSolver(
+    diffrax.AbstractImplicitSolver[_SolverState], diffrax.AbstractAdaptiveSolver
+):
+    """Base class for the fully implicit, stiffly accurate collocation methods of this
+    package.
+
+    Each step solves the stage equations in increment form `Zᵢ = Yᵢ - y0`
+    (Hairer & Wanner IV.8),
+
+    `Zᵢ = Σⱼ aᵢⱼ h f(t0 + cⱼ h, y0 + Zⱼ)`,
+
+    with an Optimistix root finder, and returns `y1 = y0 + Zₛ`. With the default
+    [`diffrax_implicit_node.SimplifiedNewton`][] the Jacobian of `f` is evaluated once
+    per step and the Newton system is W-transformed into one `n × n` system per real
+    eigenvalue and per complex-conjugate pair of eigenvalues of `A⁻¹`. Gradients come
+    from the implicit function theorem at the converged stages (Optimistix's
+    `ImplicitAdjoint`), never from differentiating through the iterations. Dense output
+    is the collocation polynomial of each step. The first step starts Newton from
+    `Z = 0`; later steps start from the previous step's collocation polynomial.
+
+    Subclasses provide `tableau` and the error estimate.
+    """
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., LocalPolynomialInterpolation]] = (
+        LocalPolynomialInterpolation
+    )
+
+    tableau: AbstractClassVar[CollocationTableau]
+    root_finder: AbstractVar[optx.AbstractRootFinder]
+    root_find_max_steps: AbstractVar[int]
+
+    @abc.abstractmethod
+    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
+        """The local error estimate of the step, as a flat array."""
+
+    def order(self, terms: PyTree[diffrax.AbstractTerm]) -> int:
+        del terms
+        return self.tableau.order
+
+    def error_order(self, terms: PyTree[diffrax.AbstractTerm]) -> int:
+        del terms
+        return self.tableau.error_order
+
+    def init(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree[Array],
+        args: PyTree,
+    ) -> _SolverState:
+        del terms, args
+        y0_flat, _ = ravel_pytree(y0)
+        stages = len(self.tableau.c)
+        dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
+        return dt, jnp.zeros((stages,) + y0_flat.shape, dtype=y0_flat.dtype)
+
+    def step(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree[Array],
+        args: PyTree,
+        solver_state: _SolverState,
+        made_jump: Bool[ArrayLike, ""],
+    ) -> tuple[
+        PyTree[Array], PyTree[Array], dict[str, PyTree[Array]], _SolverState, Any
+    ]:
+        tableau = self.tableau
+        y0_flat, unravel = ravel_pytree(y0)
+        dtype = y0_flat.dtype
+
+        def hf(t, y_flat, terms, t0, t1, args):
+            control = terms.contr(t0, t1)
+            out = terms.vf_prod(t, unravel(y_flat), args, control)
+            _check_same_structure(out, y0)
+            out_flat, _ = ravel_pytree(out)
+            return out_flat.astype(dtype)
+
+        hf0, hf_linear = jax.linearize(
+            lambda y: hf(t0, y, terms, t0, t1, args), y0_flat
+        )
+        hjac = lax.stop_gradient(jax.vmap(hf_linear, out_axes=1)(jnp.eye(len(y0_flat))))
+        newton_matrix = _CollocationNewtonMatrix(tableau, hjac.astype(dtype))
+        hf0 = hf0.astype(dtype)
+
+        c_implicit = jnp.asarray(tableau.c_implicit)
+        a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
+        a_explicit = jnp.asarray(tableau.a_explicit, dtype=dtype)
+
+        def stage_residual(stages, residual_args):
+            terms, t0, t1, y0_flat, args, hf0 = residual_args
+            with jax.numpy_dtype_promotion("standard"):
+                stage_times = t0 + c_implicit * (t1 - t0)
+            derivatives = jax.vmap(
+                lambda t, z: hf(t, y0_flat + z, terms, t0, t1, args)
+            )(stage_times, stages)
+            return stages - a_implicit @ derivatives - jnp.outer(a_explicit, hf0)
+
+        options: dict[str, Any] = dict(max_steps=self.root_find_max_steps)
+        if isinstance(self.root_finder, SimplifiedNewton):
+            options.update(
+                newton_matrix=newton_matrix,
+                scale_reference=jnp.broadcast_to(
+                    y0_flat, (len(c_implicit),) + y0_flat.shape
+                ),
+            )
+        solution = optx.root_find(
+            stage_residual,
+            self.root_finder,
+            self._starting_stages(t0, t1, solver_state, made_jump),
+            (terms, t0, t1, y0_flat, args, hf0),
+            options=options,
+            max_steps=self.root_find_max_steps,
+            throw=False,
+        )
+        stages = solution.value
+        # hf(Yᵢ) = A⁻¹ Z: exact for the collocation polynomial, and no extra evaluation.
+        with jax.numpy_dtype_promotion("standard"):
+            implicit_derivatives = jnp.asarray(tableau.a_implicit_inv, dtype=dtype) @ (
+                stages - jnp.outer(a_explicit, hf0)
+            )
+        if tableau.explicit_first_stage:
+            stage_derivatives = jnp.concatenate([hf0[None], implicit_derivatives])
+        else:
+            stage_derivatives = implicit_derivatives
+        dense_coeffs = jnp.asarray(tableau.dense_coeffs.T, dtype=dtype) @ (
+            stage_derivatives
+        )
+        y1_flat = y0_flat + stages[-1]
+        error = self._estimate_error(
+            CollocationStep(
+                t0=t0,
+                t1=t1,
+                hf=lambda t, y: hf(t, y, terms, t0, t1, args),
+                y0=y0_flat,
+                stages=stages,
+                stage_derivatives=stage_derivatives,
+                dense_coeffs=dense_coeffs,
+                hf0=hf0,
+                newton_matrix=newton_matrix,
+            )
+        )
+        result = diffrax.RESULTS.promote(solution.result)
+        # An infinite error makes an adaptive controller reject the step and retry
+        # with a smaller one; with constant steps `diffeqsolve` reports `result`.
+        error = jnp.where(result == diffrax.RESULTS.successful, error, jnp.inf)
+        dense_info = dict(y0=y0, coeffs=jax.vmap(unravel)(dense_coeffs))
+        with jax.numpy_dtype_promotion("standard"):
+            dt = jnp.asarray(t1 - t0, dtype=solver_state[0].dtype)
+        return unravel(y1_flat), unravel(error), dense_info, (dt, dense_coeffs), result
+
+    def _starting_stages(
+        self,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        solver_state: _SolverState,
+        made_jump: Bool[ArrayLike, ""],
+    ) -> Float[Array, "m n"]:
+        """Extrapolates the previous step's collocation polynomial to this step's
+        stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`."""
+        previous_dt, previous_coeffs = solver_state
+        previous_dt = lax.stop_gradient(previous_dt)
+        previous_coeffs = lax.stop_gradient(previous_coeffs)
+        usable = (previous_dt != 0) & jnp.invert(jnp.asarray(made_jump))
+        safe_dt = jnp.where(usable, previous_dt, 1)
+        with jax.numpy_dtype_promotion("standard"):
+            theta = 1 + jnp.asarray(self.tableau.c_implicit) * (t1 - t0) / safe_dt
+        powers = jnp.arange(1, previous_coeffs.shape[0] + 1)
+        basis = (theta[:, None] ** powers - 1).astype(previous_coeffs.dtype)
+        guess = lax.stop_gradient(basis @ previous_coeffs)
+        return jnp.where(usable & jnp.isfinite(guess), guess, 0)
+
+    def func(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        y0: PyTree[Array],
+        args: PyTree,
+    ) -> PyTree[Array]:
+        return terms.vf(t0, y0, args)
+
+
+def collocation_init_doc(solver_name: str) -> str:
+    return f"""**Arguments:**
+
+- `root_finder`: An [Optimistix](https://github.com/patrick-kidger/optimistix) root
+    finder for the stage equations. The default, a
+    [`diffrax_implicit_node.SimplifiedNewton`][] whose tolerances are taken from the
+    adaptive step-size controller, uses one W-transformed Jacobian per step. With
+    `diffrax.ConstantStepSize` give the tolerances explicitly, e.g.
+    `{solver_name}(root_finder=SimplifiedNewton(rtol=1e-8, atol=1e-8))`.
+- `root_find_max_steps`: The most Newton iterations per step. A step whose stage
+    equations have not converged by then fails: an adaptive controller rejects it and
+    tries a smaller step; with constant steps `diffeqsolve` raises an error.
+"""
