@@ -1,4 +1,4 @@
-import importlib.metadata
+from importlib.metadata import version as _version
 
 from ._interpolation import (
     LocalPolynomialInterpolation as LocalPolynomialInterpolation,
@@ -13,4 +13,4 @@ from ._solver import (
 )
 
 
-__version__ = importlib.metadata.version("diffrax_implicit_node")
+__version__ = _version("diffrax_implicit_node")

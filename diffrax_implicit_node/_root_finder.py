@@ -53,16 +53,11 @@ class _NoAux(eqx.Module):
 class _SimplifiedNewtonState(eqx.Module):
     newton_matrix: AbstractNewtonMatrix
     scale: PyTree[Array]
+    round_off: Scalar
     diffsize: Scalar
     diffsize_prev: Scalar
     result: optx.RESULTS
     step: Scalar
-
-
-def _exactly_solved(diffsize: Scalar) -> Bool[Array, ""]:
-    # An increment at round-off level: the iteration cannot improve any further.
-    resolution = 10 ** (2 - jnp.finfo(diffsize.dtype).precision)
-    return diffsize < resolution
 
 
 class SimplifiedNewton(optx.AbstractRootFinder):
@@ -129,9 +124,18 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         with jax.numpy_dtype_promotion("standard"):
             scale = (self.atol + self.rtol * ω(reference).call(jnp.abs)).ω
         dtype = jnp.result_type(*jtu.tree_leaves(y))
+        # Increments this small are round-off in `reference`: the iteration cannot
+        # improve on them, and their ratios say nothing about convergence.
+        with jax.numpy_dtype_promotion("standard"):
+            round_off = (
+                100
+                * jnp.finfo(dtype).eps
+                * self.norm((ω(reference).call(jnp.abs) / scale**ω).ω)
+            )
         return _SimplifiedNewtonState(
             newton_matrix=newton_matrix,
             scale=lax.stop_gradient(scale),
+            round_off=lax.stop_gradient(jnp.asarray(round_off, dtype=dtype)),
             diffsize=jnp.array(jnp.inf, dtype=dtype),
             diffsize_prev=jnp.array(jnp.inf, dtype=dtype),
             result=optx.RESULTS.successful,
@@ -156,6 +160,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         new_state = _SimplifiedNewtonState(
             newton_matrix=state.newton_matrix,
             scale=state.scale,
+            round_off=state.round_off,
             diffsize=jnp.asarray(diffsize, dtype=state.diffsize.dtype),
             diffsize_prev=state.diffsize,
             result=result,
@@ -178,7 +183,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         # (e.g. a linear problem, or a perfect initial guess) may stop the iteration.
         have_rate = state.step >= 2
         rate = state.diffsize / state.diffsize_prev
-        exact = _exactly_solved(state.diffsize)
+        exact = state.diffsize <= state.round_off
         converged = (
             have_rate & (rate < 1) & (rate / (1 - rate) * state.diffsize < self.kappa)
         )

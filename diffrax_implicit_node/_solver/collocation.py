@@ -195,6 +195,9 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     def solve_shifted(self, system: int, vector: Array) -> tuple[Array, Array]:
         """Solves `(shifts[system] I - hJ) x = vector`."""
         operator = self.operators[system]
+        if not jnp.issubdtype(operator.matrix.dtype, jnp.complexfloating):
+            # A real shift: the transformed right-hand side is real up to round-off.
+            vector = jnp.real(vector)
         vector = vector.astype(operator.matrix.dtype)
         solution = lx.linear_solve(
             operator, vector, lx.LU(), state=self.states[system], throw=False
@@ -267,16 +270,6 @@ def embedded_error_estimate(
         return step.newton_matrix.solve_error_filter(gamma0 * hf_perturbed + stage_part)
 
 
-def _check_same_structure(vector_field_out: PyTree[Array], y0: PyTree[Array]):
-    out_shapes = jax.tree.map(jnp.shape, vector_field_out)
-    y0_shapes = jax.tree.map(jnp.shape, y0)
-    if out_shapes != y0_shapes:
-        raise ValueError(
-            "The vector field must return a PyTree with the same structure and shapes "
-            f"as `y0`; got shapes {out_shapes} for `y0` of shapes {y0_shapes}."
-        )
-
-
 _SolverState = tuple[RealScalarLike, PyTree[Array]]
 
 
@@ -334,6 +327,12 @@ class AbstractCollocationSolver(
     ) -> _SolverState:
         del terms, args
         y0_flat, _ = ravel_pytree(y0)
+        if jnp.issubdtype(y0_flat.dtype, jnp.complexfloating):
+            # The W-transformation pairs conjugate stages, which needs real states.
+            raise ValueError(
+                f"{type(self).__name__} needs a real state; split a complex `y0` into "
+                "its real and imaginary parts."
+            )
         stages = len(self.tableau.c)
         dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
         return dt, jnp.zeros((stages,) + y0_flat.shape, dtype=y0_flat.dtype)
@@ -357,14 +356,15 @@ class AbstractCollocationSolver(
         def hf(t, y_flat, terms, t0, t1, args):
             control = terms.contr(t0, t1)
             out = terms.vf_prod(t, unravel(y_flat), args, control)
-            _check_same_structure(out, y0)
             out_flat, _ = ravel_pytree(out)
             return out_flat.astype(dtype)
 
         hf0, hf_linear = jax.linearize(
             lambda y: hf(t0, y, terms, t0, t1, args), y0_flat
         )
-        hjac = lax.stop_gradient(jax.vmap(hf_linear, out_axes=1)(jnp.eye(len(y0_flat))))
+        hjac = lax.stop_gradient(
+            jax.vmap(hf_linear, out_axes=1)(jnp.eye(len(y0_flat), dtype=dtype))
+        )
         newton_matrix = _CollocationNewtonMatrix(tableau, hjac.astype(dtype))
         hf0 = hf0.astype(dtype)
 

@@ -71,7 +71,7 @@ class RadauIIA5(AbstractCollocationSolver):
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
         SimplifiedNewton
     )()
-    root_find_max_steps: int = 7
+    root_find_max_steps: int = 10
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
         return embedded_error_estimate(step, _ERROR_WEIGHTS)
