@@ -3,6 +3,7 @@ import diffrax_implicit_node as din
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 import scipy.integrate
 from helpers import (
@@ -353,3 +354,45 @@ def test_solver_contract():
     assert din.RadauIIA3().error_order(term) == 3
     assert din.Trapezoid().error_order(term) == 3
     assert din.BackwardEuler().error_order(term) == 2
+
+
+def test_non_finite_y0_is_named():
+    with pytest.raises(Exception, match="`y0` contains non-finite values"):
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: -y),
+            tight(din.RadauIIA5),
+            0.0,
+            1.0,
+            0.1,
+            jnp.array([jnp.nan, 1.0]),
+            stepsize_controller=diffrax.ConstantStepSize(),
+        )
+
+
+def test_event_progress_meter_and_saveat():
+    # Stop when the slow component of the linear system crosses 0.5, and locate the
+    # crossing through the dense output.
+    def cond_fn(t, y, args, **kwargs):
+        del t, args, kwargs
+        return y[0] - 0.5
+
+    y0 = jnp.array([1.0, 2.0, -1.0])
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(linear_vector_field),
+        din.RadauIIA5(),
+        0.0,
+        10.0,
+        1e-3,
+        y0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
+        event=diffrax.Event(cond_fn, root_finder=optx.Newton(rtol=1e-10, atol=1e-10)),
+        saveat=diffrax.SaveAt(t0=True, t1=True, ts=jnp.linspace(0.0, 0.02, 5)),
+        progress_meter=diffrax.TextProgressMeter(),
+    )
+    assert solution.result == diffrax.RESULTS.event_occurred
+    t_event = float(solution.ts[-1])
+    assert linear_exact(t_event, y0)[0] == pytest.approx(0.5, abs=1e-8)
+    np.testing.assert_allclose(solution.ys[-1, 0], 0.5, atol=1e-8)
+    # Saved points before the event come from the dense output.
+    for t, y in zip(solution.ts[1:-1], solution.ys[1:-1]):
+        np.testing.assert_allclose(y, linear_exact(float(t), y0), rtol=1e-7, atol=1e-8)

@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 from helpers import (
     call_field,
@@ -202,3 +203,30 @@ def test_gradients(solver_cls):
         assert float(directional) == pytest.approx(
             float(finite_difference), rel=1e-6, abs=1e-9
         )
+
+
+@pytest.mark.parametrize("solver_cls", SOLVERS)
+def test_w_transformed_newton_matches_generic_root_finders(solver_cls):
+    # The default root finder solves the W-transformed system with one Jacobian per
+    # step; Optimistix's Newton and Chord know nothing of that structure.
+    field = NeuralField(jax.random.key(2), size=3)
+    y0 = jnp.array([0.3, -1.2, 0.7])
+    results = [
+        one_step(
+            solver_cls(root_finder=root_finder, root_find_max_steps=30),
+            call_field,
+            0.1,
+            0.2,
+            y0,
+            field,
+        )
+        for root_finder in (
+            din.SimplifiedNewton(rtol=1e-12, atol=1e-12),
+            optx.Newton(rtol=1e-12, atol=1e-12),
+            optx.Chord(rtol=1e-12, atol=1e-12),
+        )
+    ]
+    for y1, error, _, _, result in results:
+        assert result == diffrax.RESULTS.successful
+        np.testing.assert_allclose(y1, results[0][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(error, results[0][1], rtol=1e-8, atol=1e-14)

@@ -335,6 +335,12 @@ class AbstractCollocationSolver(
             )
         stages = len(self.tableau.c)
         dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
+        # Otherwise the first sign of trouble would be a Newton "divergence".
+        dt = eqx.error_if(
+            dt,
+            jnp.invert(jnp.all(jnp.isfinite(y0_flat))),
+            "`y0` contains non-finite values (NaN or infinity).",
+        )
         return dt, jnp.zeros((stages,) + y0_flat.shape, dtype=y0_flat.dtype)
 
     def step(
