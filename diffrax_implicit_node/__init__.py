@@ -7,6 +7,7 @@ from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
     BackwardEuler as BackwardEuler,
+    LowPrecisionWarning as LowPrecisionWarning,
     RadauIIA3 as RadauIIA3,
     RadauIIA5 as RadauIIA5,
     Trapezoid as Trapezoid,

@@ -226,15 +226,16 @@ def test_pytree_state_jit_and_vmap():
 def test_float32(solver_cls):
     y0 = jnp.array([1.0, 2.0, -1.0], dtype=jnp.float32)
     t0, t1, dt0 = (jnp.float32(x) for x in (0.0, 1.0, 0.01))
-    y1 = diffrax.diffeqsolve(
-        diffrax.ODETerm(linear_vector_field),
-        solver_cls(root_finder=din.SimplifiedNewton(rtol=1e-5, atol=1e-5)),
-        t0,
-        t1,
-        dt0,
-        y0,
-        stepsize_controller=diffrax.ConstantStepSize(),
-    ).ys[-1]
+    with pytest.warns(din.LowPrecisionWarning, match="float64"):
+        y1 = diffrax.diffeqsolve(
+            diffrax.ODETerm(linear_vector_field),
+            solver_cls(root_finder=din.SimplifiedNewton(rtol=1e-5, atol=1e-5)),
+            t0,
+            t1,
+            dt0,
+            y0,
+            stepsize_controller=diffrax.ConstantStepSize(),
+        ).ys[-1]
     assert y1.dtype == jnp.float32
     tolerance = {1: 2e-2, 2: 1e-3, 3: 1e-3, 5: 1e-3}[ORDERS[solver_cls]]
     np.testing.assert_allclose(

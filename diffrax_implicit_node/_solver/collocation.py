@@ -1,4 +1,5 @@
 import abc
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple, TYPE_CHECKING
 
@@ -24,6 +25,10 @@ else:
 
 
 RealScalarLike = float | int | ArrayLike
+
+
+class LowPrecisionWarning(UserWarning):
+    """Emitted when an implicit solver runs in less than double precision."""
 
 
 class CollocationTableau(eqx.Module):
@@ -327,6 +332,15 @@ class AbstractCollocationSolver(
     ) -> _SolverState:
         del terms, args
         y0_flat, _ = ravel_pytree(y0)
+        if jnp.finfo(y0_flat.dtype).bits < 64:
+            warnings.warn(
+                f"{type(self).__name__} is solving in {y0_flat.dtype}. Stiff problems "
+                "usually need float64: Newton's method and the error estimate lose "
+                "most of their digits to the stiffness. Enable it with "
+                '`jax.config.update("jax_enable_x64", True)` and a float64 `y0`.',
+                LowPrecisionWarning,
+                stacklevel=2,
+            )
         if jnp.issubdtype(y0_flat.dtype, jnp.complexfloating):
             # The W-transformation pairs conjugate stages, which needs real states.
             raise ValueError(
