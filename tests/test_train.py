@@ -1,0 +1,188 @@
+import time
+from typing import Any
+
+import diffrax
+import diffrax_implicit_node as din
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+
+def test_recovers_stiff_linear_system_with_radau5():
+    # y' = -1000 y + 3000 - 2000 exp(-t), the forcing known; one step per gap, so
+    # h λ = -43: far outside the stability region of any explicit method.
+    example = din.EXAMPLES["linear"]
+    ts, ys = example.data(94)
+    start = time.perf_counter()
+    result = din.fit(
+        example.model(jr.key(0)),
+        ts,
+        ys,
+        solver=din.solver_from_name("radau5"),
+        optimiser=optax.lbfgs(),
+        epochs=300,
+        progress=False,
+    )
+    assert time.perf_counter() - start < 60
+    assert not result.stopped_early
+    assert result.losses.shape == (300,) and result.losses[-1] < 1e-3 * result.losses[0]
+    (comparison,) = example.compare(din.to_sympy(result.model.learned))
+    assert comparison.keys() == {"x0", "1"}
+    for row in comparison.values():
+        assert row["relative_error"] is not None and row["relative_error"] < 0.01
+
+
+class Decay(eqx.Module):
+    rate: jax.Array
+
+    def __call__(self, t, y, args):
+        return -self.rate * y + jnp.log(self.rate)
+
+
+def decay_data():
+    ts = jnp.linspace(0.0, 1.0, 11)
+    ys = jnp.stack([jnp.exp(-2 * ts), 2 * jnp.exp(-2 * ts)])[..., None]
+    return ts, ys
+
+
+def test_checkpoint_resume_is_bit_for_bit(tmp_path):
+    ts, ys = decay_data()
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau3"),
+        optimiser=optax.adam(1e-2),
+        batch_size=7,
+        key=jr.key(1),
+        progress=False,
+    )
+    model = Decay(jnp.array(3.0))
+    straight = din.fit(model, ts, ys, epochs=6, **options)
+    path = tmp_path / "run.eqx"
+    first = din.fit(
+        model, ts, ys, epochs=3, checkpoint=path, checkpoint_every=2, **options
+    )
+    assert len(first.losses) == 3
+    resumed = din.fit(model, ts, ys, epochs=6, checkpoint=path, **options)
+    np.testing.assert_array_equal(resumed.losses, straight.losses)
+    assert resumed.model.rate == straight.model.rate
+    for a, b in zip(
+        jax.tree.leaves(resumed.opt_state), jax.tree.leaves(straight.opt_state)
+    ):
+        np.testing.assert_array_equal(a, b)
+    # A different key gives different minibatches, hence a different run.
+    other = din.fit(model, ts, ys, epochs=6, **{**options, "key": jr.key(2)})
+    assert other.model.rate != straight.model.rate
+    with pytest.raises(ValueError, match="Cannot resume"):
+        din.fit(
+            din.PiNet(1, 1, 1, 2, key=jr.key(0)),
+            ts,
+            ys,
+            epochs=6,
+            checkpoint=path,
+            **options,
+        )
+
+
+def test_stops_on_non_finite_loss_and_keeps_last_good_parameters():
+    ts, ys = decay_data()
+    # Moves the rate down by 1 per epoch: 2.5, 1.5, 0.5 are fine, -0.5 gives log < 0.
+    downhill = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (
+            jax.tree.map(lambda u: -jnp.ones_like(u), updates),
+            state,
+        ),
+    )
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        result = din.fit(
+            Decay(jnp.array(2.5)),
+            ts,
+            ys,
+            solver=din.solver_from_name("backward-euler"),
+            optimiser=downhill,
+            epochs=10,
+            progress=False,
+        )
+    assert result.stopped_early and "epoch 3" in result.message
+    assert len(result.losses) == 3 and np.all(np.isfinite(result.losses))
+    assert result.model.rate == 0.5
+
+
+def test_interval_predictions_match_diffeqsolve():
+    solver = din.solver_from_name("radau5", rtol=1e-12, atol=1e-12)
+
+    def field(t, y, args):
+        return -args * y
+
+    y1, ok = din.interval_predictions(
+        field,
+        jnp.array([0.0, 1.0]),
+        jnp.array([0.5, 3.0]),
+        jnp.ones((2, 1)),
+        solver=solver,
+        steps_per_interval=4,
+        args=2.0,
+    )
+    assert ok.all()
+    reference = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), solver, 1.0, 3.0, 0.5, jnp.ones(1), args=2.0
+    ).ys
+    assert reference is not None
+    np.testing.assert_allclose(y1[1], reference[0], rtol=1e-14)
+    np.testing.assert_allclose(y1[0], np.exp(-1.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "ts, ys, match",
+    [
+        (
+            [0.0, 1.0, 2.0],
+            [[1.0], [np.nan], [0.0]],
+            r"`ys` contains non-finite .* \(1, 0\)",
+        ),
+        ([0.0, np.inf, 2.0], [[1.0], [1.0], [0.0]], "`ts` contains non-finite"),
+        ([0.0, 1.0, 1.0], [[1.0], [1.0], [0.0]], "repeated times at indices 1 and 2"),
+        ([0.0, 2.0, 1.0], [[1.0], [1.0], [0.0]], "decreasing"),
+        ([0.0, 1.0], [[1.0], [1.0], [0.0]], "does not match"),
+        ([0.0, 1.0, 2.0], [1.0, 1.0, 0.0], r"shape \(T, n\) or \(B, T, n\)"),
+        ([0.0], [[1.0]], "at least 2 observations"),
+        (
+            [[0.0, 1.0, 2.0], [0.0, 2.0, 2.0]],
+            [[[1.0], [1.0], [0.0]]] * 2,
+            "repeated times at trajectory 1, indices 1 and 2",
+        ),
+    ],
+)
+def test_bad_data(ts, ys, match):
+    with pytest.raises(ValueError, match=match):
+        din.fit(
+            Decay(jnp.array(1.0)),
+            np.asarray(ts),
+            np.asarray(ys),
+            solver=din.RK4(),
+            optimiser=optax.adam(1e-3),
+            epochs=1,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(batch_size=3), "need a `key`"),
+        (dict(batch_size=100, key=jr.key(0)), "between 1 and the number of intervals"),
+        (dict(steps_per_interval=0), "steps_per_interval"),
+        (dict(epochs=-1), "epochs"),
+        (dict(scale=[1.0, 2.0]), "scale"),
+    ],
+)
+def test_bad_options(options, match):
+    ts, ys = decay_data()
+    arguments: dict[str, Any] = dict(
+        solver=din.RK4(), optimiser=optax.adam(1e-3), epochs=1, progress=False
+    )
+    with pytest.raises(ValueError, match=match):
+        din.fit(Decay(jnp.array(1.0)), ts, ys, **(arguments | options))
