@@ -1,0 +1,347 @@
+"""The command line: `python -m diffrax_implicit_node {reproduce,fit} ...`."""
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+import jax
+import jax.random as jr
+import numpy as np
+import optax
+import sympy
+
+from ._examples import EXAMPLES, solver_from_name, SOLVER_NAMES
+from ._pinet import PiNet
+from ._symbolic import coefficients, equations_table, prune, to_sympy
+from ._train import fit, FitResult, NeuralVectorField
+
+
+class _UserError(Exception):
+    """A mistake in the command line or the data: reported in one line, no traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffrax_implicit_node",
+        description="Learn the equations of stiff ODEs from data with polynomial "
+        "neural ODEs trained through implicit solvers (float64 throughout).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--solver",
+            choices=SOLVER_NAMES,
+            default="radau5",
+            help="the solver to train with (default: radau5)",
+        )
+        command.add_argument(
+            "--epochs",
+            type=_positive_int,
+            help="iterations of the optimiser, L-BFGS (default: per example, or 300)",
+        )
+        command.add_argument(
+            "--steps",
+            type=_positive_int,
+            default=1,
+            help="solver steps between consecutive observations (default: 1)",
+        )
+        command.add_argument(
+            "--seed", type=int, default=0, help="initialisation seed (default: 0)"
+        )
+        command.add_argument("--out", type=pathlib.Path, help="write JSON here")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="learn one of the example systems and compare with the truth",
+        description="Learn one of the example systems from data of a tight-tolerance "
+        "reference solve; print the true and learned equations side by side and the "
+        "fractional relative error |learned - true| / |true| of every coefficient.",
+    )
+    reproduce.add_argument(
+        "example",
+        nargs="?",
+        default="linear",
+        choices=list(EXAMPLES),
+        help="the example (default: linear)",
+    )
+    reproduce.add_argument(
+        "--points",
+        type=_positive_int,
+        default=369,
+        help="observations per trajectory (default: 369)",
+    )
+    add_common(reproduce)
+
+    fit_command = commands.add_parser(
+        "fit",
+        help="learn a polynomial ODE from your data",
+        description="Learn a polynomial ODE from observations: a CSV file with a "
+        "header t,x0,x1,... and optionally a column `trajectory` numbering the "
+        "trajectories, or an .npz file with arrays ts (T,) or (B, T) and ys "
+        "(T, n) or (B, T, n).",
+    )
+    fit_command.add_argument("data", type=pathlib.Path, help="a .csv or .npz file")
+    fit_command.add_argument(
+        "--degree",
+        type=_positive_int,
+        default=2,
+        help="the largest total degree of the polynomials (default: 2)",
+    )
+    fit_command.add_argument(
+        "--width",
+        type=_positive_int,
+        help="hidden width of the PiNet (default: the number of monomials)",
+    )
+    fit_command.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        metavar="THRESHOLD",
+        help="drop coefficients smaller than this in magnitude (default: 0)",
+    )
+    add_common(fit_command)
+    return parser
+
+
+def _read_csv(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise _UserError(f"{path} is empty.")
+    header = [name.strip() for name in rows[0]]
+    states = [name for name in header if name not in ("t", "trajectory")]
+    expected = [f"x{i}" for i in range(len(states))]
+    if "t" not in header:
+        raise _UserError(f"{path} has no column 't' (columns: {', '.join(header)}).")
+    if not states or sorted(states, key=lambda s: (len(s), s)) != expected:
+        unexpected = [s for s in states if s not in expected]
+        raise _UserError(
+            f"{path}: expected state columns x0, x1, ..., got "
+            f"{', '.join(states) or 'none'}"
+            + (f" (unexpected: {', '.join(unexpected)})" if unexpected else "")
+            + "."
+        )
+    if len(set(header)) != len(header):
+        raise _UserError(f"{path} has repeated column names.")
+    columns = {name: [] for name in header}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise _UserError(
+                f"{path}, line {line}: {len(row)} values for {len(header)} columns."
+            )
+        for name, text in zip(header, row):
+            try:
+                columns[name].append(float(text))
+            except ValueError:
+                raise _UserError(
+                    f"{path}, line {line}: column {name!r} is not a number: {text!r}."
+                ) from None
+    if not columns["t"]:
+        raise _UserError(f"{path} has a header but no data.")
+    ts = np.asarray(columns["t"])
+    ys = np.stack([np.asarray(columns[name]) for name in expected], axis=-1)
+    if "trajectory" not in columns:
+        return ts, ys
+    labels = np.asarray(columns["trajectory"])
+    groups = [labels == label for label in dict.fromkeys(labels)]
+    lengths = {int(group.sum()) for group in groups}
+    if len(lengths) != 1:
+        raise _UserError(
+            f"{path}: the trajectories have different numbers of rows "
+            f"({', '.join(map(str, sorted(lengths)))}); all must have the same."
+        )
+    return np.stack([ts[g] for g in groups]), np.stack([ys[g] for g in groups])
+
+
+def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"ts", "ys"} - set(data.files)
+            if missing:
+                raise _UserError(
+                    f"{path} has no array {' or '.join(sorted(missing))} (it has: "
+                    f"{', '.join(data.files) or 'nothing'})."
+                )
+            return data["ts"], data["ys"]
+    except ValueError as e:
+        raise _UserError(f"{path} is not a valid .npz file: {e}") from None
+
+
+def _read_data(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        if path.suffix.lower() == ".npz":
+            return _read_npz(path)
+        if path.suffix.lower() == ".csv":
+            return _read_csv(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UserError(f"Cannot read {path}: {e}") from None
+    raise _UserError(f"{path}: expected a .csv or .npz file.")
+
+
+def _train(
+    model: NeuralVectorField,
+    ts: np.ndarray,
+    ys: np.ndarray,
+    options: argparse.Namespace,
+    epochs: int,
+) -> tuple[FitResult, float]:
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # An early stop is reported below, in one line.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            result = fit(
+                model,
+                ts,
+                ys,
+                solver=solver_from_name(options.solver),
+                optimiser=optax.lbfgs(),
+                epochs=epochs,
+                steps_per_interval=options.steps,
+                progress=not options.quiet,
+            )
+        except ValueError as e:
+            raise _UserError(str(e)) from None
+    if result.stopped_early:
+        print(f"warning: {result.message}", file=sys.stderr)
+    return result, time.perf_counter() - start
+
+
+def _final_loss(result: FitResult) -> float:
+    return float(result.losses[-1]) if len(result.losses) else math.nan
+
+
+def _write_json(path: pathlib.Path | None, content: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(content, indent=2) + "\n")
+    except OSError as e:
+        raise _UserError(f"Cannot write {path}: {e}") from None
+
+
+def _reproduce(options: argparse.Namespace) -> None:
+    example = EXAMPLES[options.example]
+    if options.points < 2:
+        raise _UserError("--points must be at least 2.")
+    epochs = options.epochs or example.epochs
+    ts, ys = example.data(options.points)
+    result, seconds = _train(
+        example.model(jr.key(options.seed)), ts, ys, options, epochs
+    )
+    assert isinstance(result.model, NeuralVectorField)
+    assert isinstance(result.model.learned, PiNet)
+    learned = to_sympy(result.model.learned)
+    comparison = example.compare(learned)
+    print(
+        f"{example.name}: {example.description}; {ys.shape[0]} trajectory(ies) x "
+        f"{options.points} points, solver {options.solver}, {len(result.losses)} "
+        f"epochs, final loss {_final_loss(result):.3e}, {seconds:.1f} s"
+    )
+    print()
+    print(
+        equations_table(
+            {"true": example.true_equations(), "learned": learned}, digits=6
+        )
+    )
+    print()
+    print("Fractional relative error |learned - true| / |true| of each coefficient:")
+    for i, rows in enumerate(comparison):
+        for monomial, row in rows.items():
+            if row["relative_error"] is not None:
+                print(
+                    f"  x{i}': {monomial:>8}  true {row['true']:>12.6g}  learned "
+                    f"{row['learned']:>14.8g}  error {row['relative_error']:.3e}"
+                )
+    spurious = [
+        abs(row["learned"] or 0.0)
+        for rows in comparison
+        for row in rows.values()
+        if row["relative_error"] is None
+    ]
+    if spurious:
+        print(
+            f"  largest coefficient of a monomial not in the truth: {max(spurious):.3e}"
+        )
+    _write_json(
+        options.out,
+        dict(
+            example=example.name,
+            solver=options.solver,
+            points=options.points,
+            epochs=len(result.losses),
+            stopped_early=result.stopped_early,
+            message=result.message,
+            final_loss=float(result.losses[-1]) if len(result.losses) else None,
+            seconds=seconds,
+            equations={
+                f"x{i}": dict(true=str(true), learned=str(guess), coefficients=rows)
+                for i, (true, guess, rows) in enumerate(
+                    zip(example.true_equations(), learned, comparison)
+                )
+            },
+        ),
+    )
+
+
+def _fit(options: argparse.Namespace) -> None:
+    ts, ys = _read_data(options.data)
+    size = np.shape(ys)[-1] if np.ndim(ys) >= 2 else 0
+    if size < 1:
+        raise _UserError(
+            f"{options.data}: `ys` must have shape (T, n) or (B, T, n), got "
+            f"{np.shape(ys)}."
+        )
+    width = options.width or math.comb(size + options.degree, options.degree)
+    model = NeuralVectorField(
+        PiNet(size, size, options.degree, width, key=jr.key(options.seed))
+    )
+    result, seconds = _train(model, ts, ys, options, options.epochs or 300)
+    assert isinstance(result.model, NeuralVectorField)
+    assert isinstance(result.model.learned, PiNet)
+    variables = sympy.symbols(f"x0:{size}")
+    learned = prune(to_sympy(result.model.learned, variables), options.prune)
+    print(
+        f"{len(result.losses)} epochs with {options.solver}, final loss "
+        f"{_final_loss(result):.3e}, {seconds:.1f} s"
+    )
+    print(equations_table({"learned": learned}, variables, digits=6))
+    _write_json(
+        options.out,
+        {str(v): coefficients(e, variables) for v, e in zip(variables, learned)},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    jax.config.update("jax_enable_x64", True)
+    options = _parser().parse_args(argv)
+    try:
+        if options.command == "reproduce":
+            _reproduce(options)
+        else:
+            _fit(options)
+    except _UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,526 @@
+from collections.abc import Callable
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import sympy
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+from ._pinet import PiNet
+from ._root_finder import SimplifiedNewton
+from ._solver import BackwardEuler, RadauIIA3, RadauIIA5, Trapezoid
+from ._symbolic import coefficients
+from ._train import NeuralVectorField
+
+
+_rk4_tableau = diffrax.ButcherTableau(
+    a_lower=(np.array([1 / 2]), np.array([0.0, 1 / 2]), np.array([0.0, 0.0, 1.0])),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    # RK4 has no embedded method; the estimate is never used with constant steps.
+    b_error=np.zeros(4),
+    c=np.array([1 / 2, 1 / 2, 1.0]),
+)
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical explicit Runge--Kutta method of order 4.
+
+    For comparison with the implicit solvers: it has no error estimate, so use it with
+    `diffrax.ConstantStepSize`. On stiff problems it is stable only for steps with
+    $h |\\lambda| \\lesssim 2.8$ along the real axis.
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
+    interpolation_cls: ClassVar[
+        Callable[..., diffrax.ThirdOrderHermitePolynomialInterpolation]
+    ] = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms: PyTree) -> int:
+        del terms
+        return 4
+
+
+SOLVER_NAMES = ("backward-euler", "trapezoid", "radau3", "radau5", "rk4")
+_IMPLICIT_SOLVERS = {
+    "backward-euler": BackwardEuler,
+    "trapezoid": Trapezoid,
+    "radau3": RadauIIA3,
+    "radau5": RadauIIA5,
+}
+
+
+def solver_from_name(
+    name: str, rtol: float = 1e-8, atol: float = 1e-8, root_find_max_steps: int = 50
+) -> diffrax.AbstractSolver:
+    """A solver for training with constant steps, by name.
+
+    **Arguments:**
+
+    - `name`: One of `"backward-euler"`, `"trapezoid"`, `"radau3"`, `"radau5"` (the
+        implicit solvers of this package) or `"rk4"` (explicit, for comparison).
+    - `rtol`, `atol`: The tolerances of the Newton iteration of an implicit solver.
+    - `root_find_max_steps`: The most Newton iterations per step. Generous, because
+        with constant steps a step cannot be retried with a smaller step size.
+
+    **Returns:**
+
+    The solver.
+    """
+    if name == "rk4":
+        return RK4()
+    try:
+        solver_cls = _IMPLICIT_SOLVERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown solver {name!r}; choose one of {', '.join(SOLVER_NAMES)}."
+        ) from None
+    return solver_cls(
+        root_finder=SimplifiedNewton(rtol=rtol, atol=atol),
+        root_find_max_steps=root_find_max_steps,
+    )
+
+
+# Table 7 of Fronk & Petzold: the 20 initial conditions of the HIRES study.
+HIRES_INITIAL_CONDITIONS = np.array(
+    [
+        [
+            0.412503,
+            0.906411,
+            0.412933,
+            0.213609,
+            0.064925,
+            0.293734,
+            0.739312,
+            0.043381,
+        ],
+        [
+            0.378101,
+            0.391340,
+            0.156641,
+            0.503148,
+            0.817612,
+            0.433931,
+            0.191203,
+            0.007282,
+        ],
+        [
+            0.153447,
+            0.071013,
+            0.257224,
+            0.455062,
+            0.594616,
+            0.367467,
+            0.079906,
+            0.047136,
+        ],
+        [
+            1.366815,
+            0.236463,
+            0.873612,
+            0.893106,
+            0.150143,
+            0.115366,
+            0.968644,
+            0.000806,
+        ],
+        [
+            1.464978,
+            0.993025,
+            0.537866,
+            0.611333,
+            0.113295,
+            0.245616,
+            0.548675,
+            0.009430,
+        ],
+        [
+            0.174331,
+            0.570303,
+            0.497073,
+            0.406965,
+            0.047271,
+            0.616831,
+            0.686488,
+            0.012478,
+        ],
+        [
+            0.677526,
+            0.659252,
+            0.589131,
+            0.925035,
+            0.517411,
+            0.966685,
+            0.301191,
+            0.029454,
+        ],
+        [
+            0.574262,
+            0.329074,
+            0.033387,
+            0.339584,
+            0.992378,
+            0.006706,
+            0.446191,
+            0.022913,
+        ],
+        [
+            1.065735,
+            0.518636,
+            0.758506,
+            0.998593,
+            0.455977,
+            0.483815,
+            0.030678,
+            0.004377,
+        ],
+        [
+            0.638101,
+            0.703107,
+            0.846135,
+            0.816864,
+            0.216076,
+            0.860064,
+            0.613366,
+            0.019588,
+        ],
+        [
+            1.158734,
+            0.012780,
+            0.326158,
+            0.561438,
+            0.609144,
+            0.518287,
+            0.352820,
+            0.034432,
+        ],
+        [
+            0.949418,
+            0.460502,
+            0.961568,
+            0.157100,
+            0.282788,
+            0.075279,
+            0.806771,
+            0.040494,
+        ],
+        [
+            1.321282,
+            0.269435,
+            0.720024,
+            0.122634,
+            0.679448,
+            0.838694,
+            0.291664,
+            0.025704,
+        ],
+        [
+            0.802005,
+            0.760407,
+            0.901060,
+            0.000216,
+            0.427964,
+            0.304100,
+            0.116146,
+            0.031622,
+        ],
+        [
+            0.486976,
+            0.815268,
+            0.606734,
+            0.081858,
+            0.338174,
+            0.582653,
+            0.571258,
+            0.014153,
+        ],
+        [
+            0.792132,
+            0.410891,
+            0.392693,
+            0.374081,
+            0.764888,
+            0.188351,
+            0.923021,
+            0.035935,
+        ],
+        [
+            1.234614,
+            0.605145,
+            0.671905,
+            0.660786,
+            0.899778,
+            0.751559,
+            0.237024,
+            0.015888,
+        ],
+        [
+            1.082288,
+            0.150662,
+            0.070913,
+            0.270047,
+            0.362950,
+            0.731098,
+            0.485404,
+            0.049797,
+        ],
+        [
+            0.302551,
+            0.136653,
+            0.118964,
+            0.763691,
+            0.746139,
+            0.900857,
+            0.791212,
+            0.022706,
+        ],
+        [
+            0.895915,
+            0.886628,
+            0.236694,
+            0.705427,
+            0.934826,
+            0.652669,
+            0.889384,
+            0.038102,
+        ],
+    ]
+)
+
+
+def _exponential_forcing(t: Scalar, y: Array, args: PyTree) -> Array:
+    """The known part of the `linear` example."""
+    del args
+    return -2000.0 * jnp.exp(-t) * jnp.ones_like(y)
+
+
+# Each right-hand side is written once, for arrays and for SymPy symbols alike.
+def _linear(y):
+    (y1,) = y
+    return [-1000.0 * y1 + 3000.0]
+
+
+def _nonlinear2d(y):
+    y1, y2 = y
+    return [-1002.0 * y1 + 1000.0 * y2**2, y1 - y2 - y2**2]
+
+
+def _nonlinear3d(y):
+    y1, y2, y3 = y
+    return [-1003.0 * y1 + 1000.0 * y2 * y3, -y2 - y2**2 + y3, y1 - 2.0 * y3 - y2 * y3]
+
+
+def _hires(y):
+    y1, y2, y3, y4, y5, y6, y7, y8 = y
+    return [
+        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+        1.71 * y1 - 8.75 * y2,
+        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+        280.0 * y6 * y8 - 1.81 * y7,
+        -280.0 * y6 * y8 + 1.81 * y7,
+    ]
+
+
+def _vanderpol(y):
+    y1, y2 = y
+    mu = 1000.0
+    return [y2, mu * y2 - mu * y1**2 * y2 - y1]
+
+
+class Example(eqx.Module):
+    """One of the reproduction studies: a stiff system, its data and a model for it.
+
+    The system is $y' = p(y) + k(t, y)$ with a polynomial $p$ that is to be learned by
+    a [`diffrax_implicit_node.PiNet`][] and a known part $k$ (only in `linear`).
+
+    **Attributes:**
+
+    - `name`: The name, as on the command line.
+    - `description`: A one-line description.
+    - `polynomial`: The true $p$, a function from the list of state components to the
+        list of right-hand sides, for arrays and SymPy symbols alike.
+    - `known`: The known part `k(t, y, args)`, or `None`.
+    - `initial_conditions`: One initial condition per trajectory, shape `(B, n)`.
+    - `t1`: The observations lie in $[0, t_1]$.
+    - `degree`, `width`: Of the PiNet.
+    - `epochs`: The default number of epochs (iterations of `optax.lbfgs`).
+    """
+
+    name: str
+    description: str
+    polynomial: Callable[[list], list]
+    known: Callable[[Scalar, Array, PyTree], Array] | None
+    initial_conditions: np.ndarray
+    t1: float
+    degree: int
+    width: int
+    epochs: int
+
+    @property
+    def size(self) -> int:
+        """The dimension of the state."""
+        return self.initial_conditions.shape[1]
+
+    def vector_field(self, t: Scalar, y: Array, args: PyTree) -> Array:
+        """The true vector field `f(t, y, args)`, in JAX."""
+        out = jnp.stack(self.polynomial(list(y)))
+        if self.known is not None:
+            out = out + self.known(t, y, args)
+        return out
+
+    def true_equations(self) -> list[sympy.Expr]:
+        """The true polynomial part, in the variables `x0, x1, ...`."""
+        variables = sympy.symbols(f"x0:{self.size}")
+        return [sympy.expand(e) for e in self.polynomial(list(variables))]
+
+    def data(
+        self, num_points: int
+    ) -> tuple[Float[np.ndarray, " T"], Float[np.ndarray, "B T n"]]:
+        """Observations at `num_points` equally spaced times in $[0, t_1]$, from a
+        tight-tolerance reference solve (adaptive `RadauIIA5`, `rtol = atol = 1e-12`),
+        in float64 when `jax_enable_x64` is set.
+
+        **Returns:**
+
+        `(ts, ys)`, of shapes `(T,)` and `(B, T, n)`.
+        """
+        ts = np.linspace(0.0, self.t1, num_points)
+        ys = _reference_solve(
+            self.vector_field, jnp.asarray(ts), jnp.asarray(self.initial_conditions)
+        )
+        return ts, np.asarray(ys)
+
+    def model(self, key: PRNGKeyArray) -> NeuralVectorField:
+        """A fresh model: a PiNet of the example's degree and width, plus the known
+        part."""
+        learned = PiNet(self.size, self.size, self.degree, self.width, key=key)
+        return NeuralVectorField(learned, self.known)
+
+    def compare(
+        self, learned: list[sympy.Expr]
+    ) -> list[dict[str, dict[str, float | None]]]:
+        """Compares learned equations with the true ones, coefficient by coefficient.
+
+        **Arguments:**
+
+        - `learned`: One polynomial per state component, in `x0, x1, ...`.
+
+        **Returns:**
+
+        For each state component, a dictionary from every monomial of the true or the
+        learned polynomial (as SymPy prints it) to `{"true": a, "learned": â,
+        "relative_error": |â - a| / |a|}`; a missing monomial has coefficient 0, and
+        the relative error of a monomial absent from the truth is `None`.
+        """
+        variables = sympy.symbols(f"x0:{self.size}")
+        comparison = []
+        for true, guess in zip(self.true_equations(), learned, strict=True):
+            true_coefficients = coefficients(true, variables)
+            learned_coefficients = coefficients(guess, variables)
+            rows: dict[str, dict[str, float | None]] = {}
+            for monomial in {**true_coefficients, **learned_coefficients}:
+                a = true_coefficients.get(monomial, 0.0)
+                a_hat = learned_coefficients.get(monomial, 0.0)
+                rows[monomial] = dict(
+                    true=a,
+                    learned=a_hat,
+                    relative_error=abs(a_hat - a) / abs(a) if a else None,
+                )
+            comparison.append(rows)
+        return comparison
+
+
+@eqx.filter_jit
+def _reference_solve(
+    vector_field: Callable, ts: Float[Array, " T"], y0s: Float[Array, "B n"]
+) -> Float[Array, "B T n"]:
+    def solve(y0):
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(vector_field),
+            RadauIIA5(),
+            ts[0],
+            ts[-1],
+            None,
+            y0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(
+                rtol=1e-12, atol=1e-12, norm=optx.max_norm
+            ),
+            max_steps=1_000_000,
+        )
+        assert solution.ys is not None
+        return solution.ys
+
+    return jax.vmap(solve)(y0s)
+
+
+EXAMPLES: dict[str, Example] = {
+    example.name: example
+    for example in (
+        Example(
+            name="linear",
+            description="y' = -1000 y + 3000 - 2000 exp(-t), the forcing known",
+            polynomial=_linear,
+            known=_exponential_forcing,
+            initial_conditions=np.array([[0.0]]),
+            t1=4.0,
+            degree=1,
+            width=4,
+            epochs=300,
+        ),
+        Example(
+            name="nonlinear2d",
+            description="Kaps' problem, from (1, 1) and three starts off the manifold",
+            polynomial=_nonlinear2d,
+            known=None,
+            initial_conditions=np.array(
+                [[1.0, 1.0], [0.0, 1.0], [2.0, 0.5], [0.5, 1.5]]
+            ),
+            t1=4.0,
+            degree=2,
+            width=8,
+            epochs=300,
+        ),
+        Example(
+            name="nonlinear3d",
+            description="fast transients onto the manifold y1 = y2 y3, four starts",
+            polynomial=_nonlinear3d,
+            known=None,
+            initial_conditions=np.array(
+                [[0.0, 1.0, 1.0], [1.0, 0.5, 1.5], [2.0, 1.5, 0.5], [0.5, 0.2, 2.0]]
+            ),
+            t1=4.0,
+            degree=2,
+            width=12,
+            epochs=300,
+        ),
+        Example(
+            name="hires",
+            description="HIRES from the 20 initial conditions of Table 7",
+            polynomial=_hires,
+            known=None,
+            initial_conditions=HIRES_INITIAL_CONDITIONS,
+            t1=321.8122,
+            degree=2,
+            width=48,
+            epochs=300,
+        ),
+        Example(
+            name="vanderpol",
+            description="van der Pol with mu = 1000",
+            polynomial=_vanderpol,
+            known=None,
+            initial_conditions=np.array([[2.0, 0.0]]),
+            t1=3000.0,
+            degree=3,
+            width=12,
+            epochs=300,
+        ),
+    )
+}
