@@ -65,13 +65,13 @@ class FitResult(eqx.Module):
     **Attributes:**
 
     - `model`: The trained vector field, of the same structure as the one passed in.
-        When training stopped early, this holds the last parameters whose loss was
-        finite.
+        When training stopped on a non-finite loss, this holds the last parameters
+        whose loss was finite; when interrupted, those with the lowest loss so far.
     - `losses`: The loss of each completed epoch, a NumPy array; across a resumed
         checkpoint it continues the history saved there.
     - `opt_state`: The final state of the optimiser.
-    - `stopped_early`: Whether training stopped on a non-finite loss or gradient before
-        reaching the requested number of epochs.
+    - `stopped_early`: Whether training stopped before reaching the requested number
+        of epochs: on a non-finite loss or gradient, or when interrupted (Ctrl-C).
     - `message`: Why training stopped early; empty otherwise.
     """
 
@@ -345,6 +345,10 @@ def fit(
     loss), training stops with a warning, and the result holds the last parameters
     whose loss was finite. Explicit solvers on stiff data do this.
 
+    An interruption (`KeyboardInterrupt`, Ctrl-C) also stops training with a warning:
+    the result holds the parameters with the lowest loss so far, and the checkpoint,
+    if any, is saved at the end of the last completed epoch.
+
     With `checkpoint`, the parameters, the optimiser state, the epoch and the loss
     history are saved every `checkpoint_every` epochs and at the end (with
     `equinox.tree_serialise_leaves`); if the file already exists, training resumes
@@ -435,64 +439,92 @@ def fit(
 
     num_batches = num_intervals // batch_size
     last_good = trainable
+    best_loss, best = math.inf, trainable
     message = ""
     with tqdm.tqdm(
         total=epochs, initial=min(len(losses), epochs), disable=not progress
     ) as bar:
-        for epoch in range(len(losses), epochs):
-            if batch_size == num_intervals:
-                batches = jnp.arange(num_intervals)[None]
-            else:
-                assert key is not None
-                # A key per epoch: resuming from a checkpoint needs no key state.
-                order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
-                batches = order[: num_batches * batch_size].reshape(num_batches, -1)
-            epoch_loss = 0.0
-            for indices in batches:
-                try:
-                    new_trainable, new_opt_state, loss, grads_finite = _train_step(
-                        trainable,
-                        frozen,
-                        opt_state,
-                        optimiser,
-                        intervals,
-                        indices,
-                        scale,
-                        solver,
-                        steps_per_interval,
-                        args,
+        epoch_start = trainable, opt_state
+        try:
+            for epoch in range(len(losses), epochs):
+                epoch_start = trainable, opt_state
+                if batch_size == num_intervals:
+                    batches = jnp.arange(num_intervals)[None]
+                else:
+                    assert key is not None
+                    # A key per epoch: resuming from a checkpoint needs no key state.
+                    order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
+                    batches = order[: num_batches * batch_size].reshape(num_batches, -1)
+                epoch_loss = 0.0
+                for indices in batches:
+                    try:
+                        new_trainable, new_opt_state, loss, grads_finite = _train_step(
+                            trainable,
+                            frozen,
+                            opt_state,
+                            optimiser,
+                            intervals,
+                            indices,
+                            scale,
+                            solver,
+                            steps_per_interval,
+                            args,
+                        )
+                        loss = float(loss)
+                    except eqx.EquinoxRuntimeError:
+                        # Some solvers check for NaN themselves, even with
+                        # `throw=False`.
+                        new_trainable, new_opt_state = trainable, opt_state
+                        loss, grads_finite = math.nan, False
+                    if not np.isfinite(loss):
+                        message = "the loss is not finite (or a solve failed)"
+                        break
+                    last_good = trainable
+                    if batch_size == num_intervals and loss < best_loss:
+                        best_loss, best = loss, trainable
+                    if not grads_finite:
+                        message = "the gradient is not finite"
+                        break
+                    trainable, opt_state = new_trainable, new_opt_state
+                    epoch_loss += loss
+                if message:
+                    message = (
+                        f"Training stopped in epoch {epoch}: {message}. The result "
+                        "holds the last parameters with a finite loss. An explicit "
+                        "solver on stiff data does this; try an implicit solver, a "
+                        "smaller learning rate or more `steps_per_interval`."
                     )
-                    loss = float(loss)
-                except eqx.EquinoxRuntimeError:
-                    # Some solvers check for NaN themselves, even with `throw=False`.
-                    new_trainable, new_opt_state = trainable, opt_state
-                    loss, grads_finite = math.nan, False
-                if not np.isfinite(loss):
-                    message = "the loss is not finite (or a solve failed)"
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    trainable = last_good
                     break
-                last_good = trainable
-                if not grads_finite:
-                    message = "the gradient is not finite"
-                    break
-                trainable, opt_state = new_trainable, new_opt_state
-                epoch_loss += loss
-            if message:
-                message = (
-                    f"Training stopped in epoch {epoch}: {message}. The result holds "
-                    "the last parameters with a finite loss. An explicit solver on "
-                    "stiff data does this; try an implicit solver, a smaller learning "
-                    "rate or more `steps_per_interval`."
-                )
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                trainable = last_good
-                break
-            losses.append(epoch_loss)
-            bar.set_postfix(loss=f"{epoch_loss:.4e}")
-            bar.update()
-            if checkpoint_path is not None and (
-                len(losses) % checkpoint_every == 0 or len(losses) == epochs
-            ):
+                losses.append(epoch_loss)
+                if batch_size != num_intervals and epoch_loss < best_loss:
+                    # A minibatch epoch's loss belongs to no single set of
+                    # parameters: keep those at the end of the best epoch.
+                    best_loss, best = epoch_loss, trainable
+                bar.set_postfix(loss=f"{epoch_loss:.4e}")
+                bar.update()
+                if checkpoint_path is not None and (
+                    len(losses) % checkpoint_every == 0 or len(losses) == epochs
+                ):
+                    _save_checkpoint(checkpoint_path, trainable, opt_state, losses)
+        except KeyboardInterrupt:
+            # Drop the interrupted epoch, so that resuming repeats it exactly.
+            trainable, opt_state = epoch_start
+            if checkpoint_path is not None:
                 _save_checkpoint(checkpoint_path, trainable, opt_state, losses)
+            message = (
+                f"Training interrupted in epoch {len(losses)}. The result holds the "
+                "parameters with the lowest loss so far"
+                + (
+                    "; the checkpoint holds the state to resume from."
+                    if checkpoint_path is not None
+                    else "."
+                )
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            if best_loss < math.inf:
+                trainable = best
     return FitResult(
         model=eqx.combine(trainable, frozen),
         losses=np.asarray(losses),

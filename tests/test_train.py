@@ -3,6 +3,7 @@ from typing import Any
 
 import diffrax
 import diffrax_implicit_node as din
+import diffrax_implicit_node._train as din_train
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -186,3 +187,41 @@ def test_bad_options(options, match):
     )
     with pytest.raises(ValueError, match=match):
         din.fit(Decay(jnp.array(1.0)), ts, ys, **(arguments | options))
+
+
+def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
+    ts, ys = decay_data()
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau3"),
+        optimiser=optax.adam(1e-1),
+        epochs=6,
+        progress=False,
+    )
+    model = Decay(jnp.array(3.0))
+    straight = din.fit(model, ts, ys, **options)
+
+    train_step = din_train._train_step
+    calls = 0
+
+    def interrupted_in_fifth_epoch(*args):
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise KeyboardInterrupt
+        return train_step(*args)
+
+    monkeypatch.setattr(din_train, "_train_step", interrupted_in_fifth_epoch)
+    path = tmp_path / "run.eqx"
+    with pytest.warns(RuntimeWarning, match="interrupted in epoch 4"):
+        stopped = din.fit(model, ts, ys, checkpoint=path, **options)
+    assert stopped.stopped_early
+    np.testing.assert_array_equal(stopped.losses, straight.losses[:4])
+    # The model with the lowest loss so far: the loss of epoch k is evaluated at the
+    # parameters after k updates.
+    best_epoch = int(np.argmin(straight.losses[:4]))
+    best = din.fit(model, ts, ys, **{**options, "epochs": best_epoch})
+    assert stopped.model.rate == best.model.rate
+    monkeypatch.setattr(din_train, "_train_step", train_step)
+    resumed = din.fit(model, ts, ys, checkpoint=path, **options)
+    np.testing.assert_array_equal(resumed.losses, straight.losses)
+    assert resumed.model.rate == straight.model.rate
