@@ -44,7 +44,8 @@ def to_sympy(
 
     **Arguments:**
 
-    - `model`: The PiNet.
+    - `model`: The PiNet. For a [`diffrax_implicit_node.NeuralVectorField`][], pass
+        its learned part, `field.learned`.
     - `variables`: One SymPy symbol per input. Defaults to `x0, x1, ...`.
 
     **Returns:**
@@ -98,6 +99,15 @@ def coefficients(
     A dictionary from each monomial with a nonzero coefficient, as SymPy prints it
     (`"x0*x1"`, `"x0**2"`, and `"1"` for the constant term), to its coefficient.
     """
+    # A rounded coefficient (see `round_coefficients`) stands for the decimal number it
+    # prints as, not for its few-bit binary value.
+    expression = expression.xreplace(
+        {
+            f: sympy.Float(str(f), 15)
+            for f in expression.atoms(sympy.Float)
+            if f._prec < 53
+        }
+    )
     try:
         polynomial = sympy.Poly(expression, *variables)
     except sympy.PolynomialError as e:
@@ -116,6 +126,10 @@ def coefficients(
 
 def prune(expressions: Sequence[sympy.Expr], threshold: float) -> list[sympy.Expr]:
     """Drops the terms whose coefficient is smaller than `threshold` in magnitude.
+
+    A trained network of degree $d$ has a coefficient for every monomial of degree up
+    to $d$; those that the data do not need come out small but not zero. The threshold
+    is absolute, so choose it relative to the size of the coefficients you expect.
 
     **Arguments:**
 
@@ -139,8 +153,16 @@ def prune(expressions: Sequence[sympy.Expr], threshold: float) -> list[sympy.Exp
 def round_coefficients(
     expressions: Sequence[sympy.Expr], digits: int
 ) -> list[sympy.Expr]:
-    """Rounds every floating-point number in the expressions to `digits` significant
-    digits (which is also how many they then print with).
+    """Rounds the coefficients of expressions to a number of significant digits.
+
+    Every floating-point number in the expressions is rounded to `digits` significant
+    digits, which is also how many digits it then prints with. Integers and symbols
+    are left as they are.
+
+    A rounded number is a SymPy `Float` of `digits` digits of precision, and stands for
+    the decimal number it prints as: [`diffrax_implicit_node.coefficients`][] and
+    [`diffrax_implicit_node.to_jax`][] read `-1001.9731` rounded to 4 digits as
+    `-1002.0`.
 
     **Arguments:**
 
@@ -157,7 +179,11 @@ def round_coefficients(
         cast(
             sympy.Expr,
             expression.xreplace(
-                {f: sympy.Float(f, digits) for f in expression.atoms(sympy.Float)}
+                {
+                    # Round in decimal, which is what is printed.
+                    f: sympy.Float(f"{float(f):.{digits}g}", digits)
+                    for f in expression.atoms(sympy.Float)
+                }
             ),
         )
         for expression in expressions
@@ -179,8 +205,11 @@ def equations_table(
     digits: int = 6,
     format: Literal["text", "markdown", "latex"] = "text",
 ) -> str:
-    r"""Renders systems of ODEs side by side, one row per state variable, e.g. the
-    true equations next to learned ones.
+    r"""Renders systems of ODEs side by side, one row per state variable.
+
+    Use it to put learned equations next to the true ones, or the equations learned
+    with different solvers or amounts of data next to each other. Each column is
+    rounded with [`diffrax_implicit_node.round_coefficients`][] first.
 
     **Arguments:**
 
@@ -248,8 +277,11 @@ def equations_table(
 def to_jax(
     expressions: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol]
 ) -> Callable[[ArrayLike], Array]:
-    """Turns expressions back into a JAX function, e.g. to simulate learned (and
-    pruned) equations with Diffrax.
+    """Turns expressions back into a JAX function.
+
+    Use it to simulate learned (and pruned, rounded) equations with Diffrax, e.g. to
+    check them against the data: the function of a state `y` is wrapped into a vector
+    field as `lambda t, y, args: function(y)`.
 
     **Arguments:**
 

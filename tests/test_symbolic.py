@@ -62,6 +62,13 @@ def test_coefficients_prune_round():
     }
     (rounded,) = din.round_coefficients([1002.123456 * X0 - 0.0012345 * X1], 3)
     assert str(rounded) == "1.0e+3*x0 - 0.00123*x1"
+    # A rounded coefficient is the decimal number it prints as, everywhere.
+    (rounded,) = din.round_coefficients([-1001.9731 * X0 + 0.123456], 4)
+    assert str(rounded) == "0.1235 - 1002.0*x0"
+    assert din.coefficients(rounded, (X0,)) == {"x0": -1002.0, "1": 0.1235}
+    np.testing.assert_array_equal(
+        din.to_jax([rounded], (X0,))(jnp.array([1.0])), [0.1235 - 1002.0]
+    )
     with pytest.raises(ValueError, match="not a polynomial"):
         din.coefficients(sympy.exp(X0), (X0,))
     with pytest.raises(ValueError, match="other than"):
