@@ -429,7 +429,12 @@ def fit(
             )
 
     trainable, frozen = eqx.partition(vector_field, filter_spec)
-    opt_state = optimiser.init(trainable)
+    # Some optimisers (`optax.lbfgs`) start with weakly typed scalars that the first
+    # update makes strongly typed: fix the types now, or the second epoch recompiles.
+    opt_state = jax.tree.map(
+        lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x,
+        optimiser.init(trainable),
+    )
     losses: list[float] = []
     checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_path is not None and checkpoint_path.exists():
