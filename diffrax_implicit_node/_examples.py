@@ -27,11 +27,26 @@ _rk4_tableau = diffrax.ButcherTableau(
 
 
 class RK4(diffrax.AbstractERK):
-    """The classical explicit Runge--Kutta method of order 4.
+    r"""The classical explicit Runge--Kutta method of order 4.
 
-    For comparison with the implicit solvers: it has no error estimate, so use it with
-    `diffrax.ConstantStepSize`. On stiff problems it is stable only for steps with
-    $h |\\lambda| \\lesssim 2.8$ along the real axis.
+    For comparison with the implicit solvers, as in Fronk & Petzold's van der Pol
+    study: it has no error estimate, so use it with `diffrax.ConstantStepSize`. On
+    stiff problems it is stable only for steps with $h |\lambda| \lesssim 2.79$
+    along the negative real axis. `solver_from_name("rk4")` returns one.
+
+    ??? cite "Reference"
+
+        ```bibtex
+        @article{kutta1901beitrag,
+            title={Beitrag zur n{\"a}herungsweisen Integration totaler
+                   Differentialgleichungen},
+            author={Kutta, Wilhelm},
+            journal={Zeitschrift f{\"u}r Mathematik und Physik},
+            volume={46},
+            pages={435--453},
+            year={1901}
+        }
+        ```
     """
 
     tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
@@ -58,17 +73,26 @@ def solver_from_name(
 ) -> diffrax.AbstractSolver:
     """A solver for training with constant steps, by name.
 
+    The names are those of the command line's `--solver`. For an implicit solver this
+    is, e.g. for `"radau5"`,
+    `RadauIIA5(root_finder=SimplifiedNewton(rtol, atol), root_find_max_steps=50)`:
+    under constant steps the root finder needs its own tolerances, since there is no
+    step-size controller to take them from.
+
     **Arguments:**
 
     - `name`: One of `"backward-euler"`, `"trapezoid"`, `"radau3"`, `"radau5"` (the
-        implicit solvers of this package) or `"rk4"` (explicit, for comparison).
+        implicit solvers [`diffrax_implicit_node.BackwardEuler`][],
+        [`diffrax_implicit_node.Trapezoid`][], [`diffrax_implicit_node.RadauIIA3`][]
+        and [`diffrax_implicit_node.RadauIIA5`][]) or `"rk4"`
+        ([`diffrax_implicit_node.RK4`][], explicit, for comparison).
     - `rtol`, `atol`: The tolerances of the Newton iteration of an implicit solver.
     - `root_find_max_steps`: The most Newton iterations per step. Generous, because
         with constant steps a step cannot be retried with a smaller step size.
 
     **Returns:**
 
-    The solver.
+    The solver, a `diffrax.AbstractSolver`.
     """
     if name == "rk4":
         return RK4()
@@ -337,7 +361,11 @@ class Example(eqx.Module):
     """One of the reproduction studies: a stiff system, its data and a model for it.
 
     The system is $y' = p(y) + k(t, y)$ with a polynomial $p$ that is to be learned by
-    a [`diffrax_implicit_node.PiNet`][] and a known part $k$ (only in `linear`).
+    a [`diffrax_implicit_node.PiNet`][] and a known part $k$ (only in `linear`). The
+    studies are in [`diffrax_implicit_node.EXAMPLES`][], by name; they follow Fronk &
+    Petzold's, but `linear`, `nonlinear2d` and `nonlinear3d` are our own systems (the
+    paper's could not be recovered), while `hires` (with the paper's 20 initial
+    conditions) and `vanderpol` are the standard test problems.
 
     **Attributes:**
 
@@ -350,6 +378,26 @@ class Example(eqx.Module):
     - `t1`: The observations lie in $[0, t_1]$.
     - `degree`, `width`: Of the PiNet.
     - `epochs`: The default number of epochs (iterations of `optax.lbfgs`).
+
+    ??? cite "References"
+
+        ```bibtex
+        @article{fronk2024neural,
+            title={Neural ODEs for Stiff Systems: Implicit Single-Step Methods},
+            author={Fronk, Colby and Petzold, Linda},
+            journal={arXiv:2410.05592},
+            year={2024}
+        }
+
+        @book{hairer1996solving,
+            title={Solving Ordinary Differential Equations II: Stiff and
+                   Differential-Algebraic Problems},
+            author={Hairer, Ernst and Wanner, Gerhard},
+            edition={2},
+            year={1996},
+            publisher={Springer}
+        }
+        ```
     """
 
     name: str
@@ -368,27 +416,50 @@ class Example(eqx.Module):
         return self.initial_conditions.shape[1]
 
     def vector_field(self, t: Scalar, y: Array, args: PyTree) -> Array:
-        """The true vector field `f(t, y, args)`, in JAX."""
+        """The true vector field $p(y) + k(t, y)$, for `diffrax.ODETerm`.
+
+        **Arguments:**
+
+        - `t`: The time.
+        - `y`: The state, an array of shape `(n,)`.
+        - `args`: Passed on to the known part.
+
+        **Returns:**
+
+        The derivative, an array of shape `(n,)`.
+        """
         out = jnp.stack(self.polynomial(list(y)))
         if self.known is not None:
             out = out + self.known(t, y, args)
         return out
 
     def true_equations(self) -> list[sympy.Expr]:
-        """The true polynomial part, in the variables `x0, x1, ...`."""
+        """The true polynomial part $p$, as SymPy expressions.
+
+        **Returns:**
+
+        One expanded expression per state component, in the variables `x0, x1, ...`
+        (as [`diffrax_implicit_node.to_sympy`][] names them by default).
+        """
         variables = sympy.symbols(f"x0:{self.size}")
         return [sympy.expand(e) for e in self.polynomial(list(variables))]
 
     def data(
         self, num_points: int
     ) -> tuple[Float[np.ndarray, " T"], Float[np.ndarray, "B T n"]]:
-        """Observations at `num_points` equally spaced times in $[0, t_1]$, from a
-        tight-tolerance reference solve (adaptive `RadauIIA5`, `rtol = atol = 1e-12`),
-        in float64 when `jax_enable_x64` is set.
+        """Observations of every trajectory at equally spaced times in $[0, t_1]$.
+
+        They come from a tight-tolerance reference solve (adaptive `RadauIIA5`,
+        `rtol = atol = 1e-12`), in float64 when `jax_enable_x64` is set.
+
+        **Arguments:**
+
+        - `num_points`: The number of observations per trajectory, $T$.
 
         **Returns:**
 
-        `(ts, ys)`, of shapes `(T,)` and `(B, T, n)`.
+        `(ts, ys)`, NumPy arrays of shapes `(T,)` and `(B, T, n)`, ready for
+        [`diffrax_implicit_node.fit`][].
         """
         ts = np.linspace(0.0, self.t1, num_points)
         ys = _reference_solve(
@@ -397,8 +468,18 @@ class Example(eqx.Module):
         return ts, np.asarray(ys)
 
     def model(self, key: PRNGKeyArray) -> NeuralVectorField:
-        """A fresh model: a PiNet of the example's degree and width, plus the known
-        part."""
+        """A fresh, untrained model for the example.
+
+        **Arguments:**
+
+        - `key`: A `jax.random.PRNGKey` for the initialisation of the PiNet.
+
+        **Returns:**
+
+        A [`diffrax_implicit_node.NeuralVectorField`][] whose learned part is a
+        [`diffrax_implicit_node.PiNet`][] of the example's `degree` and `width`, and
+        whose known part is the example's `known`.
+        """
         learned = PiNet(self.size, self.size, self.degree, self.width, key=key)
         return NeuralVectorField(learned, self.known)
 

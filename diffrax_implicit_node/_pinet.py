@@ -69,7 +69,7 @@ class PiNet(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `in_size`: The number of inputs, e.g. the dimension of the ODE's state.
         - `out_size`: The number of outputs, e.g. the dimension of the ODE's state.
