@@ -170,7 +170,7 @@ def study(
     example = din.EXAMPLES[name]
     if quick:
         solvers = tuple(dict.fromkeys(solvers[:1] + solvers[-1:]))
-        points = tuple(max(n // 20, 8) for n in points[:2])
+        points = tuple(dict.fromkeys(max(n // 20, 8) for n in points[:2]))
     epochs = 10 if quick else example.epochs
     start = time.perf_counter()
     runs = [train(name, s, n, epochs) for s in solvers for n in points]
