@@ -17,6 +17,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, 
 
 
 _CHECKPOINT_FORMAT = 1
+_NON_FINITE_LOSS = "the loss is not finite (or a solve failed)"
+_NON_FINITE_GRADIENT = "the gradient is not finite"
 
 
 class NeuralVectorField(eqx.Module):
@@ -270,6 +272,40 @@ def _train_step(
     return trainable, opt_state, loss, grads_finite
 
 
+def _run_epoch(
+    step: Callable[[PyTree, PyTree, Int[Array, " b"]], tuple],
+    trainable: PyTree,
+    opt_state: PyTree,
+    last_good: PyTree,
+    batches: Int[Array, "batches b"],
+) -> tuple[PyTree, PyTree, PyTree, float, str]:
+    """One optimiser step per batch.
+
+    Returns `(trainable, opt_state, last_good, loss, failure)`: the state after the
+    epoch, the last parameters whose loss was finite, the summed loss of the batches,
+    and why the epoch stopped early (empty if it did not). After a failure,
+    `trainable` is `last_good` and `opt_state` is that before the failed step.
+    """
+    epoch_loss = 0.0
+    for indices in batches:
+        try:
+            new_trainable, new_opt_state, loss, grads_finite = step(
+                trainable, opt_state, indices
+            )
+            loss = float(loss)
+        except eqx.EquinoxRuntimeError:
+            # Some solvers check for NaN themselves, even with `throw=False`.
+            return last_good, opt_state, last_good, epoch_loss, _NON_FINITE_LOSS
+        if not np.isfinite(loss):
+            return last_good, opt_state, last_good, epoch_loss, _NON_FINITE_LOSS
+        last_good = trainable
+        if not grads_finite:
+            return last_good, opt_state, last_good, epoch_loss, _NON_FINITE_GRADIENT
+        trainable, opt_state = new_trainable, new_opt_state
+        epoch_loss += loss
+    return trainable, opt_state, last_good, epoch_loss, ""
+
+
 def _save_checkpoint(
     path: pathlib.Path, trainable: PyTree, opt_state: PyTree, losses: list[float]
 ) -> None:
@@ -443,6 +479,21 @@ def fit(
         )
 
     num_batches = num_intervals // batch_size
+
+    def step(trainable, opt_state, indices):
+        return _train_step(
+            trainable,
+            frozen,
+            opt_state,
+            optimiser,
+            intervals,
+            indices,
+            scale,
+            solver,
+            steps_per_interval,
+            args,
+        )
+
     last_good = trainable
     best_loss, best = math.inf, trainable
     message = ""
@@ -460,53 +511,25 @@ def fit(
                     # A key per epoch: resuming from a checkpoint needs no key state.
                     order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
                     batches = order[: num_batches * batch_size].reshape(num_batches, -1)
-                epoch_loss = 0.0
-                for indices in batches:
-                    try:
-                        new_trainable, new_opt_state, loss, grads_finite = _train_step(
-                            trainable,
-                            frozen,
-                            opt_state,
-                            optimiser,
-                            intervals,
-                            indices,
-                            scale,
-                            solver,
-                            steps_per_interval,
-                            args,
-                        )
-                        loss = float(loss)
-                    except eqx.EquinoxRuntimeError:
-                        # Some solvers check for NaN themselves, even with
-                        # `throw=False`.
-                        new_trainable, new_opt_state = trainable, opt_state
-                        loss, grads_finite = math.nan, False
-                    if not np.isfinite(loss):
-                        message = "the loss is not finite (or a solve failed)"
-                        break
-                    last_good = trainable
-                    if batch_size == num_intervals and loss < best_loss:
-                        best_loss, best = loss, trainable
-                    if not grads_finite:
-                        message = "the gradient is not finite"
-                        break
-                    trainable, opt_state = new_trainable, new_opt_state
-                    epoch_loss += loss
-                if message:
+                trainable, opt_state, last_good, epoch_loss, failure = _run_epoch(
+                    step, trainable, opt_state, last_good, batches
+                )
+                if failure:
                     message = (
-                        f"Training stopped in epoch {epoch}: {message}. The result "
+                        f"Training stopped in epoch {epoch}: {failure}. The result "
                         "holds the last parameters with a finite loss. An explicit "
                         "solver on stiff data does this; try an implicit solver, a "
                         "smaller learning rate or more `steps_per_interval`."
                     )
                     warnings.warn(message, RuntimeWarning, stacklevel=2)
-                    trainable = last_good
                     break
                 losses.append(epoch_loss)
-                if batch_size != num_intervals and epoch_loss < best_loss:
-                    # A minibatch epoch's loss belongs to no single set of
-                    # parameters: keep those at the end of the best epoch.
-                    best_loss, best = epoch_loss, trainable
+                # A full batch's loss is that of the parameters before its step; a
+                # minibatch epoch's loss belongs to no single set of parameters: keep
+                # those at the end of the best epoch.
+                if epoch_loss < best_loss:
+                    best_loss = epoch_loss
+                    best = epoch_start[0] if batch_size == num_intervals else trainable
                 bar.set_postfix(loss=f"{epoch_loss:.4e}")
                 bar.update()
                 if checkpoint_path is not None and (
