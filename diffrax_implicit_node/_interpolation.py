@@ -3,10 +3,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from diffrax._misc import linear_rescale
-from jaxtyping import Array, ArrayLike, PyTree, Shaped
+from jaxtyping import Array, PyTree, Shaped
 
-
-RealScalarLike = float | int | ArrayLike
+from ._custom_types import RealScalarLike
 
 
 class LocalPolynomialInterpolation(diffrax.AbstractLocalInterpolation):

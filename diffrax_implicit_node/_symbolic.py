@@ -101,12 +101,15 @@ def coefficients(
     """
     # A rounded coefficient (see `round_coefficients`) stands for the decimal number it
     # prints as, not for its few-bit binary value.
-    expression = expression.xreplace(
-        {
-            f: sympy.Float(str(f), 15)
-            for f in expression.atoms(sympy.Float)
-            if f._prec < 53
-        }
+    expression = cast(
+        sympy.Expr,
+        expression.xreplace(
+            {
+                f: sympy.Float(str(f), 15)
+                for f in expression.atoms(sympy.Float)
+                if f._prec < 53
+            }
+        ),
     )
     try:
         polynomial = sympy.Poly(expression, *variables)

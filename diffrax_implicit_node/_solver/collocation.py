@@ -14,6 +14,7 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
+from .._custom_types import RealScalarLike
 from .._interpolation import LocalPolynomialInterpolation
 from .._root_finder import AbstractNewtonMatrix, SimplifiedNewton
 
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from typing import ClassVar as AbstractClassVar, ClassVar as AbstractVar
 else:
     from equinox import AbstractClassVar, AbstractVar
-
-
-RealScalarLike = float | int | ArrayLike
 
 
 class LowPrecisionWarning(UserWarning):
@@ -102,7 +100,7 @@ class CollocationTableau(eqx.Module):
             else:
                 if abs(eigenvalue.imag) <= 1e-12:
                     eigenvalue = complex(eigenvalue.real)
-                    vectors[:, k] = vectors[:, k].real
+                    vectors[:, k] = np.real(vectors[:, k])
                     eigenvalues[k] = eigenvalue
                 shifts.append(complex(eigenvalue))
                 system_of_stage.append(len(shifts) - 1)
@@ -197,7 +195,7 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
         self.error_filter_shift = tableau.error_filter_shift
         self.error_filter_system = tableau.error_filter_system
 
-    def solve_shifted(self, system: int, vector: Array) -> tuple[Array, Array]:
+    def solve_shifted(self, system: int, vector: Array) -> tuple[Array, lx.RESULTS]:
         """Solves `(shifts[system] I - hJ) x = vector`."""
         operator = self.operators[system]
         if not jnp.issubdtype(operator.matrix.dtype, jnp.complexfloating):
@@ -275,7 +273,8 @@ def embedded_error_estimate(
         return step.newton_matrix.solve_error_filter(gamma0 * hf_perturbed + stage_part)
 
 
-_SolverState = tuple[RealScalarLike, PyTree[Array]]
+# The previous step size (0 before the first step) and collocation polynomial.
+_SolverState = tuple[Float[Array, ""], Float[Array, "stages n"]]
 
 
 class AbstractCollocationSolver(
