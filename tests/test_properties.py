@@ -47,7 +47,7 @@ def _adaptive_solve(solver_cls, vector_field):
             args=args,
             stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=RTOL),
             max_steps=50_000,
-        ).ys[-1]
+        ).ys[-1]  # pyright: ignore[reportOptionalSubscript]
 
     return solve
 

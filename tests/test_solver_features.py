@@ -102,6 +102,7 @@ def test_adaptive_hires_matches_reference(solver_cls):
         max_steps=20_000,
     )
     # Global error is a modest multiple of the local tolerance.
+    assert solution.ys is not None
     assert np.max(
         np.abs(solution.ys[-1] - HIRES_REFERENCE) / (np.abs(HIRES_REFERENCE) + 1e-3)
     ) < (5e3 * rtol)
@@ -134,6 +135,7 @@ def test_adaptive_van_der_pol_matches_scipy():
         atol=1e-12,
         jac=lambda t, y: np.asarray(jax.jacfwd(_van_der_pol, argnums=1)(t, y, mu)),
     ).y[:, -1]
+    assert solution.ys is not None
     assert solution.ys[-1, 0] == pytest.approx(reference[0], rel=1e-3)
     # Steps comparable to SciPy's Radau at the same tolerance (it takes ~ 500 here).
     assert int(solution.stats["num_accepted_steps"]) < 1500
@@ -178,6 +180,7 @@ def test_dense_output_interpolates_the_steps():
         stepsize_controller=diffrax.ConstantStepSize(),
     )
     steps = int(solution.stats["num_steps"])
+    assert solution.ts is not None and solution.ys is not None
     for t, y in zip(solution.ts[:steps], solution.ys[:steps]):
         np.testing.assert_allclose(solution.evaluate(t), y, rtol=1e-12, atol=1e-12)
     # The derivative of the dense output is the vector field, to the method's accuracy.
@@ -235,7 +238,7 @@ def test_float32(solver_cls):
             dt0,
             y0,
             stepsize_controller=diffrax.ConstantStepSize(),
-        ).ys[-1]
+        ).ys[-1]  # pyright: ignore[reportOptionalSubscript]
     assert y1.dtype == jnp.float32
     tolerance = {1: 2e-2, 2: 1e-3, 3: 1e-3, 5: 1e-3}[ORDERS[solver_cls]]
     np.testing.assert_allclose(
@@ -254,6 +257,7 @@ def test_reverse_time():
         y1,
         stepsize_controller=diffrax.ConstantStepSize(),
     )
+    assert solution.ys is not None
     np.testing.assert_allclose(solution.ys[-1], y1 * np.e, rtol=1e-9)
 
 
@@ -313,6 +317,7 @@ def test_newton_failure_rejects_adaptive_steps():
         atol=1e-12,
         method="Radau",
     ).y[0, -1]
+    assert solution.ys is not None
     assert float(solution.ys[-1, 0]) == pytest.approx(reference, rel=1e-5)
 
 
@@ -391,6 +396,7 @@ def test_event_progress_meter_and_saveat():
         progress_meter=diffrax.TextProgressMeter(),
     )
     assert solution.result == diffrax.RESULTS.event_occurred
+    assert solution.ts is not None and solution.ys is not None
     t_event = float(solution.ts[-1])
     assert linear_exact(t_event, y0)[0] == pytest.approx(0.5, abs=1e-8)
     np.testing.assert_allclose(solution.ys[-1, 0], 0.5, atol=1e-8)

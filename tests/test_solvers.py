@@ -153,7 +153,7 @@ def _loss_fn(solver_cls, solver_style):
                 y0,
                 args=field,
                 stepsize_controller=diffrax.ConstantStepSize(),
-            ).ys[-1]
+            ).ys[-1]  # pyright: ignore[reportOptionalSubscript]
         return jnp.sum(jnp.sin(y) * jnp.array([1.0, -2.0]))
 
     return loss
