@@ -240,6 +240,53 @@ def _complex_dtype(dtype) -> jnp.dtype:
     return jnp.result_type(dtype, jnp.complex64)
 
 
+class _StageJacobianLU(lx.AbstractLinearSolver):
+    """LU factorisation of the exact Jacobian of the stage residual
+    `Z - (A ⊗ I) g(Z) - const`, in which block `i` of `g` depends on `Zᵢ` alone.
+
+    The implicit-function-theorem gradient of a step needs this `mn × mn` Jacobian
+    (`m` implicit stages, `n` states). Built column by column it costs `mn`
+    Jacobian-vector products of the residual, each evaluating `f` at all `m` stages.
+    Perturbing every stage by the same unit vector `eₖ` instead gives
+    `eₖ - (A ⊗ I)[h Jⱼ eₖ]ⱼ`, from which `A⁻¹` recovers column `k` of every stage
+    Jacobian `h Jⱼ` at once: `n` products in all, with nothing approximated.
+    """
+
+    # Static, hence hashable: the implicit part of the tableau's `a`, row by row.
+    a_implicit: tuple[tuple[float, ...], ...] = eqx.field(static=True)
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        structure = operator.in_structure()
+        stages, size = structure.shape
+        dtype = structure.dtype
+        basis = jnp.eye(size, dtype=dtype)
+        # images[k, j] = eₖ - Σᵢ a_ji h Jᵢ eₖ
+        images = jax.vmap(lambda e: operator.mv(jnp.broadcast_to(e, (stages, size))))(
+            basis
+        )
+        a_implicit = np.array(self.a_implicit)
+        a_inv = jnp.asarray(np.linalg.inv(a_implicit), dtype=dtype)
+        # stage_jacobians[j, p, k] = (h Jⱼ)[p, k]
+        stage_jacobians = jnp.einsum("ji,kip->jpk", a_inv, basis[:, None, :] - images)
+        matrix = jnp.eye(stages * size, dtype=dtype) - jnp.einsum(
+            "ij,jpq->ipjq", jnp.asarray(a_implicit, dtype=dtype), stage_jacobians
+        ).reshape(stages * size, stages * size)
+        return lx.LU().init(lx.MatrixLinearOperator(matrix), options)
+
+    def compute(self, state, vector: Array, options: dict[str, Any]):
+        solution, result, stats = lx.LU().compute(state, vector.reshape(-1), options)
+        return solution.reshape(vector.shape), result, stats
+
+    def transpose(self, state, options: dict[str, Any]):
+        return lx.LU().transpose(state, options)
+
+    def conj(self, state, options: dict[str, Any]):
+        return lx.LU().conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return True
+
+
 class CollocationStep(NamedTuple):
     """What one step of a collocation solver computed, for its error estimate."""
 
@@ -416,6 +463,11 @@ class AbstractCollocationSolver(
             options=options,
             max_steps=self.root_find_max_steps,
             throw=False,
+            adjoint=optx.ImplicitAdjoint(
+                linear_solver=_StageJacobianLU(
+                    tuple(map(tuple, tableau.a_implicit.tolist()))
+                )
+            ),
         )
         stages = solution.value
         # hf(Yᵢ) = A⁻¹ Z: exact for the collocation polynomial, and no extra evaluation.
