@@ -11,16 +11,23 @@ trajectory, normalised per component), one solver step per window, a small MLP v
 field (8 -> 32 -> 32 -> 8, tanh), mean-squared loss on the end of each window, and one
 Adam update per optimiser step. Variants:
 
-- `package`: `diffeqsolve` with `RadauIIA5(root_finder=SimplifiedNewton(...))` and
-  `ConstantStepSize`: one Jacobian of the vector field per step, W-transformed
-  (one real and one complex n x n LU), implicit-function-theorem gradients.
+- `package`: `RadauIIA5(root_finder=SimplifiedNewton(...))` through
+  `diffrax_implicit_node.interval_predictions`, the forward pass of `fit`
+  (`diffeqsolve` with `ConstantStepSize` and `DirectAdjoint`): one Jacobian of the
+  vector field per step, W-transformed (one real and one complex n x n LU); gradients
+  by the implicit function theorem with the exact stage Jacobian built from n
+  Jacobian-vector products.
+- `package-checkpointed`: the same solver through a plain `diffeqsolve` with
+  Diffrax's default `RecursiveCheckpointAdjoint`, which recomputes the step in the
+  backward pass.
 - `textbook`: written here. Full Newton on the 3n stage system
   `Z - h (A kron I) f(y0 + Z) = 0` with `optimistix.Newton`, which builds a fresh
   forward-mode Jacobian of the whole 3n residual (`jax.jacfwd`-equivalent) and a
   dense 3n x 3n LU every iteration; gradients by the implicit function theorem
   (`optimistix.ImplicitAdjoint`, the default), not by differentiating through the
   iterations.
-- `kvaerno5`: `diffeqsolve` with Diffrax's `Kvaerno5` at the same constant step.
+- `kvaerno5`: Diffrax's `Kvaerno5` at the same constant step, through
+  `interval_predictions` like `package`.
 
 Each variant is timed in a fresh subprocess, one after the other, so their memory
 does not mix. Peak memory is reported twice: the working memory XLA allocates for the
@@ -33,6 +40,7 @@ counts Python, JAX and the compiler).
 import argparse
 import faulthandler
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -61,7 +69,7 @@ NEWTON_TOL = 1e-10
 KVAERNO5_NEWTON_TOL = 1e-8
 WIDTH = 32
 LEARNING_RATE = 1e-3
-VARIANTS = ("package", "textbook", "kvaerno5")
+VARIANTS = ("package", "package-checkpointed", "textbook", "kvaerno5")
 ATTEMPTS = 3
 
 _SQRT6 = np.sqrt(6)
@@ -109,11 +117,35 @@ def make_windows(num_windows: int) -> tuple[np.ndarray, np.ndarray, float]:
     return ys[chosen], ys[chosen + 1], float(ts[1] - ts[0])
 
 
-def package_step(field, y0, dt):
-    solver = din.RadauIIA5(
+def _radau5():
+    return din.RadauIIA5(
         root_finder=din.SimplifiedNewton(rtol=NEWTON_TOL, atol=NEWTON_TOL)
     )
-    return _diffrax_step(field, solver, y0, dt)
+
+
+def _interval_step(field, solver, y0, dt):
+    y1, _ = din.interval_predictions(
+        field, jnp.zeros(1), jnp.full(1, dt), y0[None], solver=solver
+    )
+    return y1[0]
+
+
+def package_step(field, y0, dt):
+    return _interval_step(field, _radau5(), y0, dt)
+
+
+def package_checkpointed_step(field, y0, dt):
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        _radau5(),
+        0.0,
+        dt,
+        dt,
+        y0,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        max_steps=1,
+    )
+    return sol.ys[-1]  # pyright: ignore[reportOptionalSubscript]
 
 
 def kvaerno5_step(field, y0, dt):
@@ -122,21 +154,7 @@ def kvaerno5_step(field, y0, dt):
             rtol=KVAERNO5_NEWTON_TOL, atol=KVAERNO5_NEWTON_TOL, norm=optx.max_norm
         )
     )
-    return _diffrax_step(field, solver, y0, dt)
-
-
-def _diffrax_step(field, solver, y0, dt):
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        solver,
-        0.0,
-        dt,
-        dt,
-        y0,
-        stepsize_controller=diffrax.ConstantStepSize(),
-        max_steps=1,
-    )
-    return sol.ys[-1]
+    return _interval_step(field, solver, y0, dt)
 
 
 def textbook_step(field, y0, dt):
@@ -158,7 +176,12 @@ def textbook_step(field, y0, dt):
     return y0 + solution.value[-1]
 
 
-STEPS = {"package": package_step, "textbook": textbook_step, "kvaerno5": kvaerno5_step}
+STEPS = {
+    "package": package_step,
+    "package-checkpointed": package_checkpointed_step,
+    "textbook": textbook_step,
+    "kvaerno5": kvaerno5_step,
+}
 
 
 def loss_fn(field, starts, ends, dt, step):
@@ -226,17 +249,28 @@ def measure(variant: str, num_windows: int, num_steps: int) -> dict:
     )
 
 
+def _pin_to_one_core():
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def measure_in_subprocess(variant: str, num_windows: int, num_steps: int) -> dict:
     command = [sys.executable, __file__, "--measure", variant]
     command += ["--windows", str(num_windows), "--steps", str(num_steps)]
-    # A measurement takes well under a minute. On the 2-core benchmark machine the
-    # first execution of the compiled step sometimes never returned (main thread in
-    # XLA's CPU `Execute`, every worker idle; see README), so a stalled measurement
-    # is retried rather than hanging the whole run.
+    # Each measurement runs on one core. With two, XLA's CPU runtime deadlocks on
+    # programs with several batched LAPACK calls (LU factorisations and triangular
+    # solves, as in every implicit solver here) and large batches: the main thread
+    # waits in `Execute` while every worker of XLA's thread pool is idle (see the
+    # README). A pool of one thread cannot deadlock this way. A measurement takes
+    # well under a minute; a stalled one is retried rather than hanging the run.
     for attempt in range(ATTEMPTS):
         try:
             out = subprocess.run(
-                command, check=True, capture_output=True, text=True, timeout=150
+                command,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                preexec_fn=_pin_to_one_core,
             )
         except subprocess.TimeoutExpired:
             print(f"{variant}: measurement stalled, retrying", file=sys.stderr)
@@ -319,7 +353,8 @@ def main():
         "with the max norm). Time per optimiser step (loss, gradient, "
         f"update): median and minimum of {num_steps} steps after one warm-up. XLA "
         "memory: temporaries + arguments + outputs of the compiled step. Peak RSS: "
-        "the variant's own subprocess.\n\n"
+        "the variant's own subprocess. Each variant runs in its own subprocess on "
+        "one core (see `benchmarks/README.md`).\n\n"
         f"{table}\n\n"
         "Gradient check, package vs textbook, at the initial parameters: relative "
         f"max-norm difference of the loss gradients {grad_difference:.2e}, of the "
