@@ -96,7 +96,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.rms_norm
-    kappa: float = 1e-2
+    kappa: float | None = 1e-2
     linear_solver: lx.AbstractLinearSolver = lx.LU()
 
     def init(
@@ -179,13 +179,14 @@ class SimplifiedNewton(optx.AbstractRootFinder):
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, tags
         max_steps = options.get("max_steps")
+        kappa = self._kappa(state.diffsize.dtype)
         # The contraction rate needs two increments; until then only an exact solve
         # (e.g. a linear problem, or a perfect initial guess) may stop the iteration.
         have_rate = state.step >= 2
         rate = state.diffsize / state.diffsize_prev
         exact = state.diffsize <= state.round_off
         converged = (
-            have_rate & (rate < 1) & (rate / (1 - rate) * state.diffsize < self.kappa)
+            have_rate & (rate < 1) & (rate / (1 - rate) * state.diffsize < kappa)
         )
         diverged = have_rate & jnp.invert(exact) & ~(rate < 1)
         if max_steps is not None:
@@ -193,7 +194,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
             # these will not reach the tolerance.
             remaining = max_steps - state.step
             hopeless = have_rate & (
-                rate**remaining / (1 - rate) * state.diffsize > self.kappa
+                rate**remaining / (1 - rate) * state.diffsize > kappa
             )
             diverged = diverged | (hopeless & jnp.invert(converged | exact))
         not_finite = jnp.invert(jnp.isfinite(state.diffsize)) & (state.step >= 1)
@@ -210,6 +211,17 @@ class SimplifiedNewton(optx.AbstractRootFinder):
             exact | converged | failed | linear_solve_failed
         )
         return terminate, result
+
+    def _kappa(self, dtype) -> Scalar:
+        if self.kappa is not None:
+            return jnp.asarray(self.kappa, dtype=dtype)
+        # The rule of RADAU5 and SciPy's `Radau`: a step's error estimate does not see
+        # the Newton error, so it must shrink with the tolerance, or it would dominate
+        # the global error at moderate tolerances.
+        rtol = jnp.asarray(self.rtol, dtype=dtype)
+        return jnp.maximum(
+            10 * jnp.finfo(dtype).eps / rtol, jnp.minimum(0.03, jnp.sqrt(rtol))
+        )
 
     def postprocess(
         self,
@@ -233,7 +245,12 @@ SimplifiedNewton.__init__.__doc__ = """**Arguments:**
 - `atol`: Absolute tolerance.
 - `norm`: The norm in which increments are measured, e.g. `optimistix.rms_norm`.
 - `kappa`: The iteration stops once its predicted remaining error is below `kappa`
-    times the tolerance. Hairer & Wanner recommend values between `1e-2` and `1e-1`.
+    times the tolerance. Hairer & Wanner recommend values between `1e-2` and `1e-1`
+    for a fixed `kappa`. `None` ties it to `rtol`, as RADAU5 and SciPy's `Radau` do:
+    `max(10 ε / rtol, min(0.03, √rtol))`. The solvers' default root finder, whose
+    tolerances are those of the adaptive step-size controller, uses `None`: a step's
+    error estimate does not see the Newton error, which with a fixed `kappa` would
+    dominate the global error at moderate tolerances.
 - `linear_solver`: The Lineax solver used to factorise the Jacobian when no Newton
     matrix is passed in `options`.
 """

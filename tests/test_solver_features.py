@@ -136,7 +136,9 @@ def test_adaptive_van_der_pol_matches_scipy():
         jac=lambda t, y: np.asarray(jax.jacfwd(_van_der_pol, argnums=1)(t, y, mu)),
     ).y[:, -1]
     assert solution.ys is not None
-    assert solution.ys[-1, 0] == pytest.approx(reference[0], rel=1e-3)
+    # Within a few times rtol: the default Newton tolerance shrinks with rtol (as in
+    # RADAU5), so that Newton errors do not pile up unseen by the error estimate.
+    np.testing.assert_allclose(solution.ys[-1], reference, rtol=5e-6)
     # Steps comparable to SciPy's Radau at the same tolerance (it takes ~ 500 here).
     assert int(solution.stats["num_accepted_steps"]) < 1500
 

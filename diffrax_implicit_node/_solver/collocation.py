@@ -542,7 +542,8 @@ def collocation_init_doc(solver_name: str) -> str:
 - `root_finder`: An [Optimistix](https://github.com/patrick-kidger/optimistix) root
     finder for the stage equations. The default, a
     [`diffrax_implicit_node.SimplifiedNewton`][] whose tolerances are taken from the
-    adaptive step-size controller, uses one W-transformed Jacobian per step. With
+    adaptive step-size controller (with `kappa=None`: tighter Newton iterations at
+    tighter tolerances, as in RADAU5), uses one W-transformed Jacobian per step. With
     `diffrax.ConstantStepSize` give the tolerances explicitly, e.g.
     `{solver_name}(root_finder=SimplifiedNewton(rtol=1e-8, atol=1e-8))`.
 - `root_find_max_steps`: The most Newton iterations per step. A step whose stage

@@ -55,7 +55,7 @@ class Trapezoid(AbstractCollocationSolver):
 
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
         SimplifiedNewton
-    )()
+    )(kappa=None)
     root_find_max_steps: int = 10
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
