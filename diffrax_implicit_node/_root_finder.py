@@ -237,6 +237,18 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         return y, aux, {}
 
 
+def newton_matrix_worth_keeping(solution: optx.Solution) -> Bool[Array, ""]:
+    """Whether a [`diffrax_implicit_node.SimplifiedNewton`][] solve converged so fast
+    that the next, similar solve should reuse its Newton matrix: successfully, and in
+    at most two iterations or with a contraction rate of at most `10⁻³` (the rule of
+    SciPy's `Radau`; Hairer & Wanner's RADAU5 uses the rate alone).
+    """
+    state: _SimplifiedNewtonState = solution.state
+    rate = state.diffsize / state.diffsize_prev
+    fast = (state.step <= 2) | (rate <= 1e-3)
+    return (solution.result == optx.RESULTS.successful) & fast
+
+
 SimplifiedNewton.__init__.__doc__ = """**Arguments:**
 
 - `rtol`: Relative tolerance, against `options["scale_reference"]` if given (the

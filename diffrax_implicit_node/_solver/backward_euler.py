@@ -55,6 +55,7 @@ class BackwardEuler(AbstractCollocationSolver):
         SimplifiedNewton
     )(kappa=None)
     root_find_max_steps: int = 10
+    reuse_jacobian: bool = True
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
         return embedded_error_estimate(step, _ERROR_WEIGHTS)

@@ -5,6 +5,7 @@ from typing import Any, ClassVar, NamedTuple, TYPE_CHECKING
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -16,7 +17,11 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from .._custom_types import RealScalarLike
 from .._interpolation import LocalPolynomialInterpolation
-from .._root_finder import AbstractNewtonMatrix, SimplifiedNewton
+from .._root_finder import (
+    AbstractNewtonMatrix,
+    newton_matrix_worth_keeping,
+    SimplifiedNewton,
+)
 
 
 if TYPE_CHECKING:
@@ -320,12 +325,22 @@ def embedded_error_estimate(
         return step.newton_matrix.solve_error_filter(gamma0 * hf_perturbed + stage_part)
 
 
-# The previous step size (0 before the first step) and collocation polynomial.
-_SolverState = tuple[Float[Array, ""], Float[Array, "stages n"]]
+class _CollocationState(eqx.Module):
+    """What an accepted step hands to the next one. (Diffrax keeps the previous state
+    when it rejects a step, so a retry starts from the same state.)"""
+
+    # The previous step's size (0 before the first step) and collocation polynomial.
+    previous_dt: Float[Array, ""]
+    dense_coeffs: Float[Array, "stages n"]
+    # `h J` for the previous step's `h`.
+    hjac: Float[Array, "n n"]
+    # Whether Newton's method converged so fast with `hjac` that the next step may
+    # keep it instead of evaluating a new Jacobian.
+    jacobian_current: Bool[Array, ""]
 
 
 class AbstractCollocationSolver(
-    diffrax.AbstractImplicitSolver[_SolverState], diffrax.AbstractAdaptiveSolver
+    diffrax.AbstractImplicitSolver[_CollocationState], diffrax.AbstractAdaptiveSolver
 ):
     """Base class for the fully implicit, stiffly accurate collocation methods of this
     package.
@@ -336,8 +351,9 @@ class AbstractCollocationSolver(
     `Zᵢ = Σⱼ aᵢⱼ h f(t0 + cⱼ h, y0 + Zⱼ)`,
 
     with an Optimistix root finder, and returns `y1 = y0 + Zₛ`. With the default
-    [`diffrax_implicit_node.SimplifiedNewton`][] the Jacobian of `f` is evaluated once
-    per step and the Newton system is W-transformed into one `n × n` system per real
+    [`diffrax_implicit_node.SimplifiedNewton`][] the Jacobian of `f` is evaluated at
+    most once per step, and kept for later steps while Newton's method converges fast
+    with it; the Newton system is W-transformed into one `n × n` system per real
     eigenvalue and per complex-conjugate pair of eigenvalues of `A⁻¹`. Gradients come
     from the implicit function theorem at the converged stages (Optimistix's
     `ImplicitAdjoint`), never from differentiating through the iterations. Dense output
@@ -355,6 +371,7 @@ class AbstractCollocationSolver(
     tableau: AbstractClassVar[CollocationTableau]
     root_finder: AbstractVar[optx.AbstractRootFinder]
     root_find_max_steps: AbstractVar[int]
+    reuse_jacobian: AbstractVar[bool]
 
     @abc.abstractmethod
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
@@ -375,7 +392,7 @@ class AbstractCollocationSolver(
         t1: RealScalarLike,
         y0: PyTree[Array],
         args: PyTree,
-    ) -> _SolverState:
+    ) -> _CollocationState:
         del terms, args
         y0_flat, _ = ravel_pytree(y0)
         if jnp.finfo(y0_flat.dtype).bits < 64:
@@ -401,7 +418,16 @@ class AbstractCollocationSolver(
             jnp.invert(jnp.all(jnp.isfinite(y0_flat))),
             "`y0` contains non-finite values (NaN or infinity).",
         )
-        return dt, jnp.zeros((stages,) + y0_flat.shape, dtype=y0_flat.dtype)
+        size = y0_flat.shape[0]
+        # A placeholder: the first step evaluates a Jacobian, as `jacobian_current` is
+        # false.
+        hjac = jnp.zeros((size, size), dtype=y0_flat.dtype)
+        return _CollocationState(
+            previous_dt=dt,
+            dense_coeffs=jnp.zeros((stages, size), dtype=y0_flat.dtype),
+            hjac=hjac,
+            jacobian_current=jnp.array(False),
+        )
 
     def step(
         self,
@@ -410,10 +436,10 @@ class AbstractCollocationSolver(
         t1: RealScalarLike,
         y0: PyTree[Array],
         args: PyTree,
-        solver_state: _SolverState,
+        solver_state: _CollocationState,
         made_jump: Bool[ArrayLike, ""],
     ) -> tuple[
-        PyTree[Array], PyTree[Array], dict[str, PyTree[Array]], _SolverState, Any
+        PyTree[Array], PyTree[Array], dict[str, PyTree[Array]], _CollocationState, Any
     ]:
         tableau = self.tableau
         y0_flat, unravel = ravel_pytree(y0)
@@ -425,14 +451,13 @@ class AbstractCollocationSolver(
             out_flat, _ = ravel_pytree(out)
             return out_flat.astype(dtype)
 
-        hf0, hf_linear = jax.linearize(
-            lambda y: hf(t0, y, terms, t0, t1, args), y0_flat
-        )
-        hjac = lax.stop_gradient(
-            jax.vmap(hf_linear, out_axes=1)(jnp.eye(len(y0_flat), dtype=dtype))
-        )
-        newton_matrix = _CollocationNewtonMatrix(tableau, hjac.astype(dtype))
-        hf0 = hf0.astype(dtype)
+        with jax.numpy_dtype_promotion("standard"):
+            dt = jnp.asarray(t1 - t0, dtype=solver_state.previous_dt.dtype)
+        hf0 = hf(t0, y0_flat, terms, t0, t1, args)
+
+        def fresh_hjac():
+            hjac = jax.jacfwd(lambda y: hf(t0, y, terms, t0, t1, args))(y0_flat)
+            return lax.stop_gradient(hjac)
 
         c_implicit = jnp.asarray(tableau.c_implicit)
         a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
@@ -447,28 +472,45 @@ class AbstractCollocationSolver(
             )(stage_times, stages)
             return stages - a_implicit @ derivatives - jnp.outer(a_explicit, hf0)
 
-        options: dict[str, Any] = dict(max_steps=self.root_find_max_steps)
-        if isinstance(self.root_finder, SimplifiedNewton):
-            options.update(
-                newton_matrix=newton_matrix,
-                scale_reference=jnp.broadcast_to(
-                    y0_flat, (len(c_implicit),) + y0_flat.shape
+        starting_stages = self._starting_stages(t0, t1, solver_state, made_jump)
+        uses_newton_matrix = isinstance(self.root_finder, SimplifiedNewton)
+
+        def solve_stages(newton_matrix: _CollocationNewtonMatrix) -> optx.Solution:
+            options: dict[str, Any] = dict(max_steps=self.root_find_max_steps)
+            if uses_newton_matrix:
+                options.update(
+                    newton_matrix=newton_matrix,
+                    scale_reference=jnp.broadcast_to(
+                        y0_flat, (len(c_implicit),) + y0_flat.shape
+                    ),
+                )
+            return optx.root_find(
+                stage_residual,
+                self.root_finder,
+                starting_stages,
+                (terms, t0, t1, y0_flat, args, hf0),
+                options=options,
+                max_steps=self.root_find_max_steps,
+                throw=False,
+                adjoint=optx.ImplicitAdjoint(
+                    linear_solver=_StageJacobianLU(
+                        tuple(map(tuple, tableau.a_implicit.tolist()))
+                    )
                 ),
             )
-        solution = optx.root_find(
-            stage_residual,
-            self.root_finder,
-            self._starting_stages(t0, t1, solver_state, made_jump),
-            (terms, t0, t1, y0_flat, args, hf0),
-            options=options,
-            max_steps=self.root_find_max_steps,
-            throw=False,
-            adjoint=optx.ImplicitAdjoint(
-                linear_solver=_StageJacobianLU(
-                    tuple(map(tuple, tableau.a_implicit.tolist()))
-                )
-            ),
-        )
+
+        if uses_newton_matrix and self.reuse_jacobian:
+            hjac, newton_matrix, solution = self._solve_with_reuse(
+                solver_state, dt, made_jump, fresh_hjac, solve_stages
+            )
+            jacobian_current = newton_matrix_worth_keeping(solution)
+        else:
+            # (Other root finders bring their own Jacobians, and the Newton matrix
+            # serves only the error estimate.)
+            hjac = fresh_hjac()
+            newton_matrix = _CollocationNewtonMatrix(tableau, hjac)
+            solution = solve_stages(newton_matrix)
+            jacobian_current = jnp.array(False)
         stages = solution.value
         # hf(Yᵢ) = A⁻¹ Z: exact for the collocation polynomial, and no extra evaluation.
         with jax.numpy_dtype_promotion("standard"):
@@ -501,22 +543,66 @@ class AbstractCollocationSolver(
         # with a smaller one; with constant steps `diffeqsolve` reports `result`.
         error = jnp.where(result == diffrax.RESULTS.successful, error, jnp.inf)
         dense_info = dict(y0=y0, coeffs=jax.vmap(unravel)(dense_coeffs))
-        with jax.numpy_dtype_promotion("standard"):
-            dt = jnp.asarray(t1 - t0, dtype=solver_state[0].dtype)
-        return unravel(y1_flat), unravel(error), dense_info, (dt, dense_coeffs), result
+        new_state = _CollocationState(
+            previous_dt=dt,
+            dense_coeffs=dense_coeffs,
+            hjac=hjac,
+            jacobian_current=jacobian_current,
+        )
+        return unravel(y1_flat), unravel(error), dense_info, new_state, result
+
+    def _solve_with_reuse(
+        self,
+        state: _CollocationState,
+        dt: Float[Array, ""],
+        made_jump: Bool[ArrayLike, ""],
+        fresh_hjac: Callable[[], Array],
+        solve_stages: Callable[[_CollocationNewtonMatrix], optx.Solution],
+    ) -> tuple[Array, _CollocationNewtonMatrix, optx.Solution]:
+        """Solves the stage equations with the previous step's Jacobian, rescaled to
+        this step, where Newton's method converged fast with it (as Hairer & Wanner's
+        RADAU5 and SciPy's `Radau` do). Should Newton's method then fail, the step is
+        retried at once with a fresh Jacobian, rather than rejected.
+
+        Under `vmap`, a conditional whose predicate differs between batch elements
+        evaluates both branches; so the batch shares each decision, and takes a fresh
+        Jacobian where any of its elements needs one.
+        """
+        keep = (
+            state.jacobian_current
+            & (state.previous_dt != 0)
+            & jnp.invert(jnp.asarray(made_jump))
+        )
+        refresh = eqxi.unvmap_any(jnp.invert(keep))
+        safe_previous_dt = jnp.where(state.previous_dt != 0, state.previous_dt, 1)
+        # Exact for `ODETerm`, whose h f is linear in h.
+        hjac = lax.cond(
+            refresh, fresh_hjac, lambda: state.hjac * (dt / safe_previous_dt)
+        )
+        newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
+        solution = solve_stages(newton_matrix)
+        retry = eqxi.unvmap_any(
+            (solution.result != optx.RESULTS.successful) & jnp.invert(refresh)
+        )
+
+        def retried():
+            hjac = fresh_hjac()
+            newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
+            return hjac, newton_matrix, solve_stages(newton_matrix)
+
+        return lax.cond(retry, retried, lambda: (hjac, newton_matrix, solution))
 
     def _starting_stages(
         self,
         t0: RealScalarLike,
         t1: RealScalarLike,
-        solver_state: _SolverState,
+        solver_state: _CollocationState,
         made_jump: Bool[ArrayLike, ""],
     ) -> Float[Array, "m n"]:
         """Extrapolates the previous step's collocation polynomial to this step's
         stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`."""
-        previous_dt, previous_coeffs = solver_state
-        previous_dt = lax.stop_gradient(previous_dt)
-        previous_coeffs = lax.stop_gradient(previous_coeffs)
+        previous_dt = lax.stop_gradient(solver_state.previous_dt)
+        previous_coeffs = lax.stop_gradient(solver_state.dense_coeffs)
         usable = (previous_dt != 0) & jnp.invert(jnp.asarray(made_jump))
         safe_dt = jnp.where(usable, previous_dt, 1)
         with jax.numpy_dtype_promotion("standard"):
@@ -543,10 +629,17 @@ def collocation_init_doc(solver_name: str) -> str:
     finder for the stage equations. The default, a
     [`diffrax_implicit_node.SimplifiedNewton`][] whose tolerances are taken from the
     adaptive step-size controller (with `kappa=None`: tighter Newton iterations at
-    tighter tolerances, as in RADAU5), uses one W-transformed Jacobian per step. With
+    tighter tolerances, as in RADAU5), uses W-transformed Jacobians. With
     `diffrax.ConstantStepSize` give the tolerances explicitly, e.g.
     `{solver_name}(root_finder=SimplifiedNewton(rtol=1e-8, atol=1e-8))`.
 - `root_find_max_steps`: The most Newton iterations per step. A step whose stage
     equations have not converged by then fails: an adaptive controller rejects it and
     tries a smaller step; with constant steps `diffeqsolve` raises an error.
+- `reuse_jacobian`: Whether a step may reuse the previous step's Jacobian of `f`
+    (rescaled to the new step size) when Newton's method converged fast with it, as
+    RADAU5 and SciPy's `Radau` do. A step whose Newton iteration fails with a reused
+    Jacobian is retried at once with a fresh one, so the answer never depends on the
+    reuse beyond the Newton tolerance. This pays where Jacobians are expensive (a
+    neural vector field, many states) and costs about a second of compilation.
+    Applies to the default `SimplifiedNewton` root finder.
 """

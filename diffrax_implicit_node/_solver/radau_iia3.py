@@ -29,9 +29,9 @@ class RadauIIA3(AbstractCollocationSolver):
 
     A-, B- and L-stable, stiffly accurate, 3rd order. Uses 2 implicit stages, solved
     per Newton iteration as one complex `n × n` linear system (the W-transformation),
-    with one Jacobian of `f` per step. The error estimate is a stiffly filtered embedded
-    estimate in the manner of Hairer & Wanner, of order 2 (error order 3). Dense output
-    is the collocation polynomial of degree 2.
+    with at most one Jacobian of `f` per step. The error estimate is a stiffly filtered
+    embedded estimate in the manner of Hairer & Wanner, of order 2 (error order 3).
+    Dense output is the collocation polynomial of degree 2.
 
     ??? cite "References"
 
@@ -62,6 +62,7 @@ class RadauIIA3(AbstractCollocationSolver):
         SimplifiedNewton
     )(kappa=None)
     root_find_max_steps: int = 10
+    reuse_jacobian: bool = True
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
         return embedded_error_estimate(step, _ERROR_WEIGHTS)

@@ -36,9 +36,9 @@ class RadauIIA5(AbstractCollocationSolver):
 
     A-, B- and L-stable, stiffly accurate, 5th order. Uses 3 implicit stages, solved
     per Newton iteration as one real and one complex `n × n` linear system (the
-    W-transformation), with one Jacobian of `f` per step. The error estimate is the
-    stiffly filtered embedded estimate of Hairer & Wanner, of order 4 (error order 4).
-    Dense output is the collocation polynomial of degree 3.
+    W-transformation), with at most one Jacobian of `f` per step. The error estimate is
+    the stiffly filtered embedded estimate of Hairer & Wanner, of order 4 (error order
+    4). Dense output is the collocation polynomial of degree 3.
 
     This is the method of the RADAU5 code of Hairer & Wanner and of SciPy's `Radau`, and
     the default choice for stiff problems at moderate to tight tolerances.
@@ -72,6 +72,7 @@ class RadauIIA5(AbstractCollocationSolver):
         SimplifiedNewton
     )(kappa=None)
     root_find_max_steps: int = 10
+    reuse_jacobian: bool = True
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
         return embedded_error_estimate(step, _ERROR_WEIGHTS)

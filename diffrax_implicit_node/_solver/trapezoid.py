@@ -57,6 +57,7 @@ class Trapezoid(AbstractCollocationSolver):
         SimplifiedNewton
     )(kappa=None)
     root_find_max_steps: int = 10
+    reuse_jacobian: bool = True
 
     def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
         with jax.numpy_dtype_promotion("standard"):
