@@ -640,6 +640,6 @@ def collocation_init_doc(solver_name: str) -> str:
     RADAU5 and SciPy's `Radau` do. A step whose Newton iteration fails with a reused
     Jacobian is retried at once with a fresh one, so the answer never depends on the
     reuse beyond the Newton tolerance. This pays where Jacobians are expensive (a
-    neural vector field, many states) and costs about a second of compilation.
+    neural vector field, many states) and costs up to a second of compilation.
     Applies to the default `SimplifiedNewton` root finder.
 """
