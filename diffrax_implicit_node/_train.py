@@ -15,6 +15,8 @@ import optax
 import tqdm
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
+from ._solver import AbstractCollocationSolver
+
 
 _CHECKPOINT_FORMAT = 1
 _NON_FINITE_LOSS = "the loss is not finite (or a solve failed)"
@@ -183,6 +185,11 @@ def interval_predictions(
     whether each solve succeeded (an implicit solver's Newton iteration may fail to
     converge), of shape `(m,)`.
     """
+
+    if steps_per_interval == 1 and isinstance(solver, AbstractCollocationSolver):
+        # A single step has no earlier Jacobian to reuse: leave out the path that
+        # would (it costs compilation time and memory, not accuracy).
+        solver = eqx.tree_at(lambda s: s.reuse_jacobian, solver, False)
 
     def solve(t0, t1, y0):
         solution = diffrax.diffeqsolve(
