@@ -280,6 +280,12 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
 
     def compute(self, state, vector: Array, options: dict[str, Any]):
         solution, result, stats = lx.LU().compute(state, vector.reshape(-1), options)
+        # Only a step whose Newton iteration failed (singular or non-finite Newton
+        # matrix) gets here a non-finite solution. Such a step has no derivative, and
+        # its result already reports the failure: give it a zero tangent. Optimistix
+        # would throw on a non-finite one, aborting a whole batch of solves, or a
+        # least-squares optimiser that merely tried a bad step.
+        solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0)
         return solution.reshape(vector.shape), result, stats
 
     def transpose(self, state, options: dict[str, Any]):
