@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import optimistix as optx
 import tqdm
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
@@ -19,8 +20,14 @@ from ._solver import AbstractCollocationSolver
 
 
 _CHECKPOINT_FORMAT = 1
-_NON_FINITE_LOSS = "the loss is not finite (or a solve failed)"
-_NON_FINITE_GRADIENT = "the gradient is not finite"
+_NON_FINITE_ADVICE = (
+    "The result holds the last parameters with a finite loss. An explicit solver on "
+    "stiff data does this; try an implicit solver, a smaller learning rate or more "
+    "`steps_per_interval`"
+)
+_NON_FINITE_LOSS = "the loss is not finite (or a solve failed). " + _NON_FINITE_ADVICE
+_NON_FINITE_GRADIENT = "the gradient is not finite. " + _NON_FINITE_ADVICE
+_NO_TAGS: frozenset[object] = frozenset()
 
 
 class NeuralVectorField(eqx.Module):
@@ -73,9 +80,12 @@ class FitResult(eqx.Module):
         whose loss was finite; when interrupted, those with the lowest loss so far.
     - `losses`: The loss of each completed epoch, a NumPy array; across a resumed
         checkpoint it continues the history saved there.
-    - `opt_state`: The final state of the optimiser.
+    - `opt_state`: The final state of the optimiser (of the Optimistix solver, for a
+        least-squares one).
     - `stopped_early`: Whether training stopped before reaching the requested number
-        of epochs: on a non-finite loss or gradient, or when interrupted (Ctrl-C).
+        of epochs: on a non-finite loss or gradient, a failure of the least-squares
+        solver, or when interrupted (Ctrl-C). Not when a least-squares solver
+        converges: then `losses` is just shorter than the number of epochs.
     - `message`: Why training stopped early; empty otherwise.
     """
 
@@ -216,56 +226,47 @@ def interval_predictions(
     return jax.vmap(solve)(jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(y0))
 
 
-def _loss(
-    trainable: PyTree,
-    frozen: PyTree,
-    intervals: _Intervals,
-    indices: Int[Array, " b"],
-    scale: Float[Array, " n"],
-    solver: diffrax.AbstractSolver,
-    steps_per_interval: int,
-    args: PyTree,
-) -> Scalar:
-    vector_field = eqx.combine(trainable, frozen)
-    predictions, succeeded = interval_predictions(
-        vector_field,
-        intervals.t0[indices],
-        intervals.t1[indices],
-        intervals.y0[indices],
-        solver=solver,
-        steps_per_interval=steps_per_interval,
-        args=args,
-    )
-    residuals = (predictions - intervals.y1[indices]) / scale
-    loss = jnp.sum(residuals**2)
-    # The end state of a failed solve is meaningless: count it as an infinite loss.
-    return jnp.where(jnp.all(succeeded), loss, jnp.inf)
+class _Residuals(eqx.Module):
+    """The scaled residuals of the predicted ends of intervals, as one flat vector."""
+
+    frozen: PyTree
+    intervals: _Intervals
+    scale: Float[Array, " n"]
+    solver: diffrax.AbstractSolver
+    steps_per_interval: int = eqx.field(static=True)
+    args: PyTree
+
+    def __call__(
+        self, trainable: PyTree, indices: Int[Array, " b"] | None = None
+    ) -> Float[Array, " b*n"]:
+        intervals = self.intervals
+        if indices is not None:
+            intervals = jax.tree.map(lambda x: x[indices], intervals)
+        predictions, succeeded = interval_predictions(
+            eqx.combine(trainable, self.frozen),
+            intervals.t0,
+            intervals.t1,
+            intervals.y0,
+            solver=self.solver,
+            steps_per_interval=self.steps_per_interval,
+            args=self.args,
+        )
+        residuals = ((predictions - intervals.y1) / self.scale).ravel()
+        # The end state of a failed solve is meaningless: count it as infinitely far
+        # off, which stops a first-order optimiser and makes a trust region shrink.
+        return jnp.where(jnp.all(succeeded), residuals, jnp.inf)
 
 
 @eqx.filter_jit
 def _train_step(
     trainable: PyTree,
-    frozen: PyTree,
     opt_state: PyTree,
     optimiser: optax.GradientTransformation,
-    intervals: _Intervals,
+    residuals: _Residuals,
     indices: Int[Array, " b"],
-    scale: Float[Array, " n"],
-    solver: diffrax.AbstractSolver,
-    steps_per_interval: int,
-    args: PyTree,
 ) -> tuple[PyTree, PyTree, Scalar, Bool[Array, ""]]:
     def loss_fn(trainable):
-        return _loss(
-            trainable,
-            frozen,
-            intervals,
-            indices,
-            scale,
-            solver,
-            steps_per_interval,
-            args,
-        )
+        return jnp.sum(residuals(trainable, indices) ** 2)
 
     loss, grads = eqx.filter_value_and_grad(loss_fn)(trainable)
     grads_finite = jnp.all(
@@ -280,6 +281,38 @@ def _train_step(
         updates, opt_state = optimiser.update(grads, opt_state, trainable)
     trainable = eqx.apply_updates(trainable, updates)
     return trainable, opt_state, loss, grads_finite
+
+
+def _with_no_aux(residuals: _Residuals) -> Callable[[PyTree, None], tuple]:
+    return lambda trainable, _: (residuals(trainable), None)
+
+
+@eqx.filter_jit
+def _least_squares_init(
+    trainable: PyTree, least_squares: optx.AbstractGaussNewton, residuals: _Residuals
+) -> PyTree:
+    fn = _with_no_aux(residuals)
+    residuals_struct = jax.eval_shape(residuals, trainable)
+    return least_squares.init(fn, trainable, None, {}, residuals_struct, None, _NO_TAGS)
+
+
+@eqx.filter_jit
+def _least_squares_step(
+    trainable: PyTree,
+    state: PyTree,
+    least_squares: optx.AbstractGaussNewton,
+    residuals: _Residuals,
+) -> tuple[PyTree, PyTree, Scalar, Bool[Array, ""], optx.RESULTS]:
+    # One step of Optimistix's own loop (`optx.least_squares`), so that `fit` can
+    # report, checkpoint and stop between steps.
+    fn = _with_no_aux(residuals)
+    trainable, state, _ = least_squares.step(fn, trainable, None, {}, state, _NO_TAGS)
+    converged, result = least_squares.terminate(
+        fn, trainable, None, {}, state, _NO_TAGS
+    )
+    # The residuals at the accepted point: a trust region never accepts a worse one.
+    loss = jnp.sum(state.f_info.residual**2)
+    return trainable, state, loss, converged, result
 
 
 def _run_epoch(
@@ -314,6 +347,31 @@ def _run_epoch(
         trainable, opt_state = new_trainable, new_opt_state
         epoch_loss += loss
     return trainable, opt_state, last_good, epoch_loss, ""
+
+
+def _run_least_squares_step(
+    least_squares: optx.AbstractGaussNewton,
+    residuals: _Residuals,
+    trainable: PyTree,
+    state: PyTree,
+) -> tuple[PyTree, PyTree, PyTree, float, str, bool]:
+    """One step of a least-squares solver, as one epoch: returns `(trainable, state,
+    last_good, loss, failure, converged)` like `_run_epoch`, plus whether the solver
+    has converged."""
+    try:
+        new_trainable, new_state, loss, converged, result = _least_squares_step(
+            trainable, state, least_squares, residuals
+        )
+        loss = float(loss)
+    except eqx.EquinoxRuntimeError:
+        return trainable, state, trainable, math.nan, _NON_FINITE_LOSS, False
+    if not np.isfinite(loss):
+        # Only the starting point can do this: a trust region rejects such a step.
+        return trainable, state, trainable, loss, _NON_FINITE_LOSS, False
+    if result != optx.RESULTS.successful:
+        failure = f"{least_squares.__class__.__name__} failed: {optx.RESULTS[result]}"
+        return trainable, state, trainable, loss, failure, False
+    return new_trainable, new_state, new_trainable, loss, "", bool(converged)
 
 
 def _save_checkpoint(
@@ -352,7 +410,7 @@ def fit(
     ys: Float[ArrayLike, "T n"] | Float[ArrayLike, "B T n"],
     *,
     solver: diffrax.AbstractSolver,
-    optimiser: optax.GradientTransformation,
+    optimiser: optax.GradientTransformation | optx.AbstractGaussNewton,
     epochs: int,
     steps_per_interval: int = 1,
     batch_size: int | None = None,
@@ -386,10 +444,26 @@ def fit(
     is compiled once and reused for every epoch (and across calls with the same
     arguments).
 
+    The optimiser is either an Optax transformation (first order: Adam, L-BFGS, ...)
+    or an Optimistix least-squares solver of the Gauss--Newton family, such as
+    `optimistix.LevenbergMarquardt(rtol=1e-10, atol=1e-12)`. Stiff data usually needs
+    the latter: only the short, fast transients determine some combinations of
+    coefficients (the stiff ones), so the loss is extremely ill conditioned (for Kaps'
+    problem its curvatures differ by about $10^9$) and first-order methods stall in
+    its valley, while Levenberg--Marquardt, which uses the Jacobian of the residuals,
+    follows it. Then an epoch is one step of the solver (accepted or not), the loss
+    history is that of the accepted parameters, and training ends early, without a
+    warning, once the solver meets its tolerances. Each step costs one forward-mode
+    derivative per trainable parameter and memory for the Jacobian (residuals by
+    parameters): right for models of up to a few hundred parameters, such as a
+    [`diffrax_implicit_node.PiNet`][].
+
     If the loss or its gradient becomes non-finite, or a solve fails (the Newton
     iteration of an implicit solver does not converge, which counts as an infinite
     loss), training stops with a warning, and the result holds the last parameters
-    whose loss was finite. Explicit solvers on stiff data do this.
+    whose loss was finite. Explicit solvers on stiff data do this. (A least-squares
+    solver instead rejects a trial step whose solves fail and shrinks its trust
+    region; only non-finite residuals at the starting parameters stop it.)
 
     An interruption (`KeyboardInterrupt`, Ctrl-C) also stops training with a warning:
     the result holds the parameters with the lowest loss so far, and the checkpoint,
@@ -423,11 +497,14 @@ def fit(
     - `solver`: The Diffrax solver, such as
         `RadauIIA5(root_finder=SimplifiedNewton(rtol=1e-8, atol=1e-8))`. Constant
         steps are used, so an implicit solver's root finder needs its tolerances.
-    - `optimiser`: Any Optax transformation, e.g. `optax.adam(1e-3)`. Line-search
-        methods such as `optax.lbfgs()` are supported: they receive the loss function.
+    - `optimiser`: Any Optax transformation, e.g. `optax.adam(1e-3)` (line-search
+        methods such as `optax.lbfgs()` are supported: they receive the loss
+        function), or an `optimistix.AbstractGaussNewton` least-squares solver, e.g.
+        `optimistix.LevenbergMarquardt(rtol=1e-10, atol=1e-12)`.
     - `epochs`: The total number of epochs (including those of a resumed checkpoint).
     - `steps_per_interval`: Solver steps between consecutive observations.
-    - `batch_size`: Intervals per optimiser step. Defaults to all of them.
+    - `batch_size`: Intervals per optimiser step. Defaults to all of them (the only
+        choice with a least-squares solver).
     - `key`: A `jax.random.PRNGKey` for the minibatches; needed with `batch_size`.
     - `args`: Passed to the vector field.
     - `scale`: The per-component scale $s$ of the residuals, shape `(n,)`.
@@ -445,6 +522,7 @@ def fit(
     ts, ys = _as_trajectories(ts, ys)
     intervals = _intervals(ts, ys)
     num_intervals, size = intervals.y0.shape
+    least_squares = isinstance(optimiser, optx.AbstractGaussNewton)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer, got {epochs!r}.")
     if (
@@ -458,6 +536,11 @@ def fit(
         )
     if batch_size is None:
         batch_size = num_intervals
+    elif least_squares:
+        raise ValueError(
+            "A least-squares `optimiser` fits all intervals at once: leave out "
+            "`batch_size`."
+        )
     elif not 1 <= batch_size <= num_intervals:
         raise ValueError(
             f"`batch_size` must be between 1 and the number of intervals, "
@@ -475,12 +558,19 @@ def fit(
             )
 
     trainable, frozen = eqx.partition(vector_field, filter_spec)
-    # Some optimisers (`optax.lbfgs`) start with weakly typed scalars that the first
-    # update makes strongly typed: fix the types now, or the second epoch recompiles.
-    opt_state = jax.tree.map(
-        lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x,
-        optimiser.init(trainable),
+    residuals = _Residuals(
+        frozen, intervals, scale, solver, steps_per_interval, args=args
     )
+    if isinstance(optimiser, optx.AbstractGaussNewton):
+        opt_state = _least_squares_init(trainable, optimiser, residuals)
+    else:
+        # Some optimisers (`optax.lbfgs`) start with weakly typed scalars that the
+        # first update makes strongly typed: fix the types now, or the second epoch
+        # recompiles.
+        opt_state = jax.tree.map(
+            lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x,
+            optimiser.init(trainable),
+        )
     losses: list[float] = []
     checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_path is not None and checkpoint_path.exists():
@@ -490,18 +580,24 @@ def fit(
 
     num_batches = num_intervals // batch_size
 
-    def step(trainable, opt_state, indices):
-        return _train_step(
-            trainable,
-            frozen,
-            opt_state,
-            optimiser,
-            intervals,
-            indices,
-            scale,
-            solver,
-            steps_per_interval,
-            args,
+    def run_epoch(epoch, trainable, opt_state, last_good):
+        if isinstance(optimiser, optx.AbstractGaussNewton):
+            return _run_least_squares_step(optimiser, residuals, trainable, opt_state)
+        transformation = optimiser  # An Optax one.
+        if batch_size == num_intervals:
+            batches = jnp.arange(num_intervals)[None]
+        else:
+            assert key is not None
+            # A key per epoch: resuming from a checkpoint needs no key state.
+            order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
+            batches = order[: num_batches * batch_size].reshape(num_batches, -1)
+
+        def step(trainable, opt_state, indices):
+            return _train_step(trainable, opt_state, transformation, residuals, indices)
+
+        return (
+            *_run_epoch(step, trainable, opt_state, last_good, batches),
+            False,
         )
 
     last_good = trainable
@@ -514,38 +610,32 @@ def fit(
         try:
             for epoch in range(len(losses), epochs):
                 epoch_start = trainable, opt_state
-                if batch_size == num_intervals:
-                    batches = jnp.arange(num_intervals)[None]
-                else:
-                    assert key is not None
-                    # A key per epoch: resuming from a checkpoint needs no key state.
-                    order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
-                    batches = order[: num_batches * batch_size].reshape(num_batches, -1)
-                trainable, opt_state, last_good, epoch_loss, failure = _run_epoch(
-                    step, trainable, opt_state, last_good, batches
+                trainable, opt_state, last_good, epoch_loss, failure, converged = (
+                    run_epoch(epoch, trainable, opt_state, last_good)
                 )
                 if failure:
-                    message = (
-                        f"Training stopped in epoch {epoch}: {failure}. The result "
-                        "holds the last parameters with a finite loss. An explicit "
-                        "solver on stiff data does this; try an implicit solver, a "
-                        "smaller learning rate or more `steps_per_interval`."
-                    )
+                    message = f"Training stopped in epoch {epoch}: {failure}."
                     warnings.warn(message, RuntimeWarning, stacklevel=2)
                     break
                 losses.append(epoch_loss)
-                # A full batch's loss is that of the parameters before its step; a
-                # minibatch epoch's loss belongs to no single set of parameters: keep
-                # those at the end of the best epoch.
+                # A full batch's loss is that of the parameters before its step, a
+                # least-squares step's that of the parameters after it; a minibatch
+                # epoch's loss belongs to no single set of parameters: keep those at
+                # the end of the best epoch.
                 if epoch_loss < best_loss:
                     best_loss = epoch_loss
-                    best = epoch_start[0] if batch_size == num_intervals else trainable
+                    before_step = not least_squares and batch_size == num_intervals
+                    best = epoch_start[0] if before_step else trainable
                 bar.set_postfix(loss=f"{epoch_loss:.4e}")
                 bar.update()
                 if checkpoint_path is not None and (
-                    len(losses) % checkpoint_every == 0 or len(losses) == epochs
+                    len(losses) % checkpoint_every == 0
+                    or len(losses) == epochs
+                    or converged
                 ):
                     _save_checkpoint(checkpoint_path, trainable, opt_state, losses)
+                if converged:
+                    break
         except KeyboardInterrupt:
             # Drop the interrupted epoch, so that resuming repeats it exactly.
             trainable, opt_state = epoch_start

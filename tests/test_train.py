@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import optimistix as optx
 import pytest
 
 
@@ -211,6 +212,10 @@ def test_bad_data(ts, ys, match):
         (dict(steps_per_interval=0), "steps_per_interval"),
         (dict(epochs=-1), "epochs"),
         (dict(scale=[1.0, 2.0]), "scale"),
+        (
+            dict(optimiser=optx.LevenbergMarquardt(1e-8, 1e-8), batch_size=3),
+            "leave out `batch_size`",
+        ),
     ],
 )
 def test_bad_options(options, match):
@@ -258,3 +263,93 @@ def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
     resumed = din.fit(model, ts, ys, checkpoint=path, **options)
     np.testing.assert_array_equal(resumed.losses, straight.losses)
     assert resumed.model.rate == straight.model.rate
+
+
+def test_least_squares_recovers_kaps_from_its_transients():
+    # Kaps' problem from four starts, three of them off the slow manifold: only the
+    # first few milliseconds (rate 1000) show the stiff coefficients apart from their
+    # difference, so the loss is ill conditioned. Levenberg--Marquardt follows it.
+    example = din.EXAMPLES["nonlinear2d"]
+    ts = np.array([0.0, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 1e-2, 0.1, 0.5, 1.0, 2.0])
+    ts, ys = example.data(ts)
+    result = din.fit(
+        example.model(jr.key(0)),
+        ts,
+        ys,
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=100,
+        steps_per_interval=2,
+        progress=False,
+    )
+    # Converged before the last epoch, which is not an early stop.
+    assert not result.stopped_early and len(result.losses) < 100
+    assert np.all(np.diff(result.losses) <= 0)  # Accepted steps only.
+    for rows in example.compare(din.to_sympy(result.model.learned)):
+        for row in rows.values():
+            error = row["relative_error"]
+            if error is None:  # A monomial not in the truth: nearly absent.
+                assert abs(float(row["learned"] or 0.0)) < 2e-2
+            else:
+                assert error < 2e-3
+
+
+class Exponential(eqx.Module):
+    rate: jax.Array
+
+    def __call__(self, t, y, args):
+        return -self.rate * y
+
+
+def exponential_residuals(rate, ts, ys, solver):
+    predictions, _ = din.interval_predictions(
+        Exponential(rate),
+        jnp.tile(ts[:-1], 2),
+        jnp.tile(ts[1:], 2),
+        ys[:, :-1].reshape(-1, 1),
+        solver=solver,
+    )
+    return (predictions - ys[:, 1:].reshape(-1, 1)).ravel()
+
+
+def test_least_squares_steps_are_optimistix_steps(tmp_path):
+    ts, ys = decay_data()
+    solver = din.solver_from_name("radau3")
+    least_squares = optx.LevenbergMarquardt(rtol=1e-10, atol=1e-12)
+    options: dict[str, Any] = dict(
+        solver=solver, optimiser=least_squares, progress=False
+    )
+    model = Exponential(jnp.array(3.0))  # The data decays with rate 2.
+    result = din.fit(model, ts, ys, epochs=50, **options)
+    reference = optx.least_squares(
+        lambda rate, _: exponential_residuals(rate, ts, ys, solver),
+        least_squares,
+        jnp.array(3.0),
+        max_steps=50,
+    )
+    assert len(result.losses) == int(reference.stats["num_steps"])
+    np.testing.assert_allclose(result.model.rate, reference.value, rtol=1e-13)
+    np.testing.assert_allclose(result.model.rate, 2.0, rtol=1e-3)
+    # Resuming a least-squares run continues it exactly.
+    path = tmp_path / "run.eqx"
+    first = din.fit(model, ts, ys, epochs=2, checkpoint=path, **options)
+    assert len(first.losses) == 2
+    resumed = din.fit(model, ts, ys, epochs=50, checkpoint=path, **options)
+    np.testing.assert_array_equal(resumed.losses, result.losses)
+    assert resumed.model.rate == result.model.rate
+
+
+def test_least_squares_stops_on_non_finite_start():
+    ts, ys = decay_data()
+    with pytest.warns(RuntimeWarning, match="epoch 0: the loss is not finite"):
+        result = din.fit(
+            Decay(jnp.array(-1.0)),  # log(-1): NaN
+            ts,
+            ys,
+            solver=din.solver_from_name("backward-euler"),
+            optimiser=optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8),
+            epochs=5,
+            progress=False,
+        )
+    assert result.stopped_early and len(result.losses) == 0
+    assert result.model.rate == -1.0
