@@ -3,6 +3,7 @@ from importlib.metadata import version as _version
 from ._examples import (
     Example as Example,
     EXAMPLES as EXAMPLES,
+    optimiser_from_name as optimiser_from_name,
     RK4 as RK4,
     solver_from_name as solver_from_name,
 )

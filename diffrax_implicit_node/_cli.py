@@ -9,17 +9,33 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.random as jr
 import numpy as np
-import optax
 import sympy
 
-from ._examples import EXAMPLES, solver_from_name, SOLVER_NAMES
+from ._examples import (
+    EXAMPLES,
+    optimiser_from_name,
+    OPTIMISER_NAMES,
+    solver_from_name,
+    SOLVER_NAMES,
+)
 from ._pinet import PiNet
 from ._symbolic import coefficients, equations_table, prune, to_sympy
 from ._train import fit, FitResult, NeuralVectorField
+
+
+class _Defaults(NamedTuple):
+    optimiser: str
+    epochs: int
+    steps: int
+
+
+# Stiff data makes the loss ill conditioned: Levenberg-Marquardt copes, L-BFGS stalls.
+_FIT_DEFAULTS = _Defaults(optimiser="levenberg-marquardt", epochs=300, steps=1)
 
 
 class _UserError(Exception):
@@ -44,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add_common(command: argparse.ArgumentParser) -> None:
+    def add_common(
+        command: argparse.ArgumentParser, defaults: _Defaults | None
+    ) -> None:
+        # The examples bring their own defaults.
+        optimiser, epochs, steps = defaults or ("per example",) * 3
         command.add_argument(
             "--solver",
             choices=SOLVER_NAMES,
@@ -52,15 +72,22 @@ def _parser() -> argparse.ArgumentParser:
             help="the solver to train with (default: radau5)",
         )
         command.add_argument(
+            "--optimiser",
+            choices=OPTIMISER_NAMES,
+            help="levenberg-marquardt copes with stiff data; lbfgs is cheaper per "
+            f"epoch (default: {optimiser})",
+        )
+        command.add_argument(
             "--epochs",
             type=_positive_int,
-            help="iterations of the optimiser, L-BFGS (default: per example, or 300)",
+            help="most steps of the optimiser; Levenberg-Marquardt stops earlier "
+            f"when it converges (default: {epochs})",
         )
         command.add_argument(
             "--steps",
             type=_positive_int,
-            default=1,
-            help="solver steps between consecutive observations (default: 1)",
+            help="solver steps between consecutive observations, to resolve fast "
+            f"transients inside a gap (default: {steps})",
         )
         command.add_argument(
             "--seed", type=int, default=0, help="initialisation seed (default: 0)"
@@ -88,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         default=369,
         help="observations per trajectory (default: 369)",
     )
-    add_common(reproduce)
+    add_common(reproduce, None)
 
     fit_command = commands.add_parser(
         "fit",
@@ -117,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="THRESHOLD",
         help="drop coefficients smaller than this in magnitude (default: 0)",
     )
-    add_common(fit_command)
+    add_common(fit_command, _FIT_DEFAULTS)
     return parser
 
 
@@ -198,12 +225,17 @@ def _read_data(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     raise _UserError(f"{path}: expected a .csv or .npz file.")
 
 
+def _fill_in_defaults(options: argparse.Namespace, defaults: _Defaults) -> None:
+    options.optimiser = options.optimiser or defaults.optimiser
+    options.epochs = options.epochs or defaults.epochs
+    options.steps = options.steps or defaults.steps
+
+
 def _train(
     model: NeuralVectorField,
     ts: np.ndarray,
     ys: np.ndarray,
     options: argparse.Namespace,
-    epochs: int,
 ) -> tuple[FitResult, float]:
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -215,8 +247,8 @@ def _train(
                 ts,
                 ys,
                 solver=solver_from_name(options.solver),
-                optimiser=optax.lbfgs(),
-                epochs=epochs,
+                optimiser=optimiser_from_name(options.optimiser),
+                epochs=options.epochs,
                 steps_per_interval=options.steps,
                 progress=not options.quiet,
             )
@@ -244,19 +276,21 @@ def _reproduce(options: argparse.Namespace) -> None:
     example = EXAMPLES[options.example]
     if options.points < 2:
         raise _UserError("--points must be at least 2.")
-    epochs = options.epochs or example.epochs
     ts, ys = example.data(options.points)
-    result, seconds = _train(
-        example.model(jr.key(options.seed)), ts, ys, options, epochs
+    _fill_in_defaults(
+        options,
+        _Defaults(example.optimiser, example.epochs, example.steps_per_interval),
     )
+    result, seconds = _train(example.model(jr.key(options.seed)), ts, ys, options)
     assert isinstance(result.model, NeuralVectorField)
     assert isinstance(result.model.learned, PiNet)
     learned = to_sympy(result.model.learned)
     comparison = example.compare(learned)
     print(
         f"{example.name}: {example.description}; {ys.shape[0]} trajectory(ies) x "
-        f"{options.points} points, solver {options.solver}, {len(result.losses)} "
-        f"epochs, final loss {_final_loss(result):.3e}, {seconds:.1f} s"
+        f"{options.points} points, solver {options.solver} ({options.steps} step(s) "
+        f"per gap), {len(result.losses)} epochs of {options.optimiser}, final loss "
+        f"{_final_loss(result):.3e}, {seconds:.1f} s"
     )
     print()
     print(
@@ -288,6 +322,8 @@ def _reproduce(options: argparse.Namespace) -> None:
         dict(
             example=example.name,
             solver=options.solver,
+            steps_per_interval=options.steps,
+            optimiser=options.optimiser,
             points=options.points,
             epochs=len(result.losses),
             stopped_early=result.stopped_early,
@@ -316,13 +352,15 @@ def _fit(options: argparse.Namespace) -> None:
     model = NeuralVectorField(
         PiNet(size, size, options.degree, width, key=jr.key(options.seed))
     )
-    result, seconds = _train(model, ts, ys, options, options.epochs or 300)
+    _fill_in_defaults(options, _FIT_DEFAULTS)
+    result, seconds = _train(model, ts, ys, options)
     assert isinstance(result.model, NeuralVectorField)
     assert isinstance(result.model.learned, PiNet)
     variables = sympy.symbols(f"x0:{size}")
     learned = prune(to_sympy(result.model.learned, variables), options.prune)
     print(
-        f"{len(result.losses)} epochs with {options.solver}, final loss "
+        f"{len(result.losses)} epochs of {options.optimiser} with {options.solver} "
+        f"({options.steps} step(s) per gap), final loss "
         f"{_final_loss(result):.3e}, {seconds:.1f} s"
     )
     print(equations_table({"learned": learned}, variables, digits=6))

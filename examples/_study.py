@@ -22,7 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 
 
 OUTPUT_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -65,8 +64,9 @@ def train(name: str, solver: str, points: int, epochs: int, seed: int = 0) -> Ru
             ts,
             ys,
             solver=din.solver_from_name(solver),
-            optimiser=optax.lbfgs(),
+            optimiser=din.optimiser_from_name(example.optimiser),
             epochs=epochs,
+            steps_per_interval=example.steps_per_interval,
             progress=False,
         )
     seconds = time.perf_counter() - start
@@ -185,7 +185,9 @@ def study(
             f"{example.description}; "
             f"{len(example.initial_conditions)} trajectory(ies); "
             f"PiNet of degree {example.degree} and width {example.width}; "
-            f"{epochs} iterations of `optax.lbfgs()`; one solver step per gap. "
+            f"at most {epochs} steps of {example.optimiser} "
+            f"(`din.optimiser_from_name({example.optimiser!r})`); "
+            f"{example.steps_per_interval} solver step(s) per gap. "
             f"Total time {total:.0f} s on {machine()}.",
             "",
             "Fractional relative error |learned - true| / |true| of each true "

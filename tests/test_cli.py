@@ -42,8 +42,11 @@ def test_fit_npz(tmp_path, capsys):
     rows = np.array(decay_rows())
     path = tmp_path / "data.npz"
     np.savez(path, ts=rows[:21, 1], ys=rows[:, 2].reshape(2, 21, 1))
-    assert main(["fit", str(path), "--degree", "1", "--epochs", "2", "--quiet"]) == 0
-    assert "2 epochs with radau5" in capsys.readouterr().out
+    arguments = ["fit", str(path), "--degree", "1", "--epochs", "2", "--quiet"]
+    assert main(arguments + ["--optimiser", "lbfgs", "--steps", "3"]) == 0
+    assert "2 epochs of lbfgs with radau5 (3 step(s) per gap)" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,6 +93,8 @@ def test_reproduce_writes_json(tmp_path, capsys):
     assert "Fractional relative error" in printed and "3000.0 - 1000.0*x0" in printed
     result = json.loads(out.read_text())
     assert result["epochs"] == 3 and result["solver"] == "radau5"
+    # The example's own defaults.
+    assert result["optimiser"] == "lbfgs" and result["steps_per_interval"] == 1
     coefficients = result["equations"]["x0"]["coefficients"]
     assert coefficients["x0"]["true"] == -1000.0
     assert coefficients["1"]["relative_error"] >= 0
