@@ -8,6 +8,7 @@ from collections.abc import Callable
 import diffrax
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -283,17 +284,44 @@ def _train_step(
     return trainable, opt_state, loss, grads_finite
 
 
-def _with_no_aux(residuals: _Residuals) -> Callable[[PyTree, None], tuple]:
-    return lambda trainable, _: (residuals(trainable), None)
+def _least_squares_problem(
+    residuals: _Residuals, trainable: PyTree
+) -> tuple[Float[Array, " p"], Callable[[Array, None], tuple], Callable]:
+    """The residuals as a function `fn(flat, None) -> (residuals, None)` of the
+    flattened parameters, for an Optimistix least-squares solver; returns
+    `(flat, fn, unflatten)`.
+
+    Its forward-mode derivative materialises the Jacobian (one JVP per parameter):
+    Optimistix linearises `fn` and keeps the linearisation in its state, which for
+    the solves of thousands of intervals would otherwise hold every intermediate
+    value of every step (gigabytes, in memory and in each checkpoint), instead of
+    a residuals-by-parameters matrix.
+    """
+    flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
+
+    def plain(flat):
+        return residuals(unflatten(flat))
+
+    @jax.custom_jvp
+    def with_jacobian(flat):
+        return plain(flat)
+
+    @with_jacobian.defjvp
+    def _(primals, tangents):
+        (flat,), (tangent,) = primals, tangents
+        jacobian, value = jax.jacfwd(lambda x: (plain(x), plain(x)), has_aux=True)(flat)
+        return value, jacobian @ tangent
+
+    return flat, lambda flat, _: (with_jacobian(flat), None), unflatten
 
 
 @eqx.filter_jit
 def _least_squares_init(
     trainable: PyTree, least_squares: optx.AbstractGaussNewton, residuals: _Residuals
 ) -> PyTree:
-    fn = _with_no_aux(residuals)
-    residuals_struct = jax.eval_shape(residuals, trainable)
-    return least_squares.init(fn, trainable, None, {}, residuals_struct, None, _NO_TAGS)
+    flat, fn, _ = _least_squares_problem(residuals, trainable)
+    residuals_struct = jax.eval_shape(lambda: fn(flat, None)[0])
+    return least_squares.init(fn, flat, None, {}, residuals_struct, None, _NO_TAGS)
 
 
 @eqx.filter_jit
@@ -305,14 +333,12 @@ def _least_squares_step(
 ) -> tuple[PyTree, PyTree, Scalar, Bool[Array, ""], optx.RESULTS]:
     # One step of Optimistix's own loop (`optx.least_squares`), so that `fit` can
     # report, checkpoint and stop between steps.
-    fn = _with_no_aux(residuals)
-    trainable, state, _ = least_squares.step(fn, trainable, None, {}, state, _NO_TAGS)
-    converged, result = least_squares.terminate(
-        fn, trainable, None, {}, state, _NO_TAGS
-    )
+    flat, fn, unflatten = _least_squares_problem(residuals, trainable)
+    flat, state, _ = least_squares.step(fn, flat, None, {}, state, _NO_TAGS)
+    converged, result = least_squares.terminate(fn, flat, None, {}, state, _NO_TAGS)
     # The residuals at the accepted point: a trust region never accepts a worse one.
     loss = jnp.sum(state.f_info.residual**2)
-    return trainable, state, loss, converged, result
+    return unflatten(flat), state, loss, converged, result
 
 
 def _run_epoch(
