@@ -302,6 +302,11 @@ def _least_squares_problem(
     def plain(flat):
         return residuals(unflatten(flat))
 
+    def value_and_value(flat):
+        # The residuals once, as the output to differentiate and as the aux value.
+        value = plain(flat)
+        return value, value
+
     @jax.custom_jvp
     def with_jacobian(flat):
         return plain(flat)
@@ -309,7 +314,7 @@ def _least_squares_problem(
     @with_jacobian.defjvp
     def _(primals, tangents):
         (flat,), (tangent,) = primals, tangents
-        jacobian, value = jax.jacfwd(lambda x: (plain(x), plain(x)), has_aux=True)(flat)
+        jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
         return value, jacobian @ tangent
 
     return flat, lambda flat, _: (with_jacobian(flat), None), unflatten
