@@ -270,6 +270,18 @@ class Example(eqx.Module):
     optimiser: str = "lbfgs"
     steps_per_interval: int = 1
 
+    def __check_init__(self):
+        if self.optimiser not in OPTIMISER_NAMES:
+            raise ValueError(
+                f"Example {self.name!r}: unknown optimiser {self.optimiser!r}; choose "
+                f"one of {', '.join(OPTIMISER_NAMES)}."
+            )
+        if self.steps_per_interval < 1:
+            raise ValueError(
+                f"Example {self.name!r}: `steps_per_interval` must be at least 1, "
+                f"got {self.steps_per_interval}."
+            )
+
     @property
     def size(self) -> int:
         """The dimension of the state."""

@@ -1,3 +1,4 @@
+import dataclasses
 import time
 from typing import Any
 
@@ -353,3 +354,15 @@ def test_least_squares_stops_on_non_finite_start():
         )
     assert result.stopped_early and len(result.losses) == 0
     assert result.model.rate == -1.0
+
+
+def test_example_checks_its_settings_and_observation_times():
+    example = din.EXAMPLES["nonlinear2d"]
+    with pytest.raises(ValueError, match="unknown optimiser 'adam'"):
+        dataclasses.replace(example, optimiser="adam")
+    with pytest.raises(ValueError, match="`steps_per_interval` must be at least 1"):
+        dataclasses.replace(example, steps_per_interval=0)
+    with pytest.raises(ValueError, match="increases strictly from 0"):
+        example.data(np.array([0.0, 0.2, 0.1]))
+    with pytest.raises(ValueError, match="Unknown optimiser"):
+        din.optimiser_from_name("adam")
