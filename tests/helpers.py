@@ -119,7 +119,7 @@ def naive_step(solver_cls, vector_field, t0, y0, h, args, iterations=12):
 
     def residual(k_flat):
         k = k_flat.reshape(stages, size)
-        stage_values = y0 + h * a @ k
+        stage_values = y0[None] + h * a @ k
         return (
             k - jax.vmap(vector_field, (0, 0, None))(t0 + c * h, stage_values, args)
         ).ravel()

@@ -187,7 +187,9 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
             if shift.imag == 0:
                 matrix = shift.real * identity - hjac
             else:
-                matrix = shift * identity - hjac.astype(complex_dtype)
+                matrix = shift * identity.astype(complex_dtype) - hjac.astype(
+                    complex_dtype
+                )
             operators.append(lx.MatrixLinearOperator(matrix))
         self.operators = tuple(operators)
         self.states = tuple(lx.LU().init(op, {}) for op in operators)
@@ -242,7 +244,9 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
 
 
 def _complex_dtype(dtype) -> jnp.dtype:
-    return jnp.result_type(dtype, jnp.complex64)
+    """The complex dtype with the precision of the real `dtype`. (Explicitly: strict
+    dtype promotion has no path from a real to a complex dtype.)"""
+    return jnp.dtype(jnp.complex128 if jnp.finfo(dtype).bits == 64 else jnp.complex64)
 
 
 class _StageJacobianLU(lx.AbstractLinearSolver):
@@ -613,8 +617,9 @@ class AbstractCollocationSolver(
         safe_dt = jnp.where(usable, previous_dt, 1)
         with jax.numpy_dtype_promotion("standard"):
             theta = 1 + jnp.asarray(self.tableau.c_implicit) * (t1 - t0) / safe_dt
-        powers = jnp.arange(1, previous_coeffs.shape[0] + 1)
-        basis = (theta[:, None] ** powers - 1).astype(previous_coeffs.dtype)
+        degree = previous_coeffs.shape[0]
+        basis = jnp.stack([theta**power - 1 for power in range(1, degree + 1)], axis=1)
+        basis = basis.astype(previous_coeffs.dtype)
         guess = lax.stop_gradient(basis @ previous_coeffs)
         return jnp.where(usable & jnp.isfinite(guess), guess, 0)
 
