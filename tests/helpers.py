@@ -51,7 +51,7 @@ LINEAR_MATRIX = _Q @ np.diag([-1.0, -10.0, -1000.0]) @ np.linalg.inv(_Q)
 
 def linear_vector_field(t, y, args):
     del t, args
-    return jnp.asarray(LINEAR_MATRIX) @ y
+    return jnp.asarray(LINEAR_MATRIX, dtype=y.dtype) @ y
 
 
 def linear_exact(t, y0):

@@ -323,20 +323,6 @@ def test_newton_failure_rejects_adaptive_steps():
     assert float(solution.ys[-1, 0]) == pytest.approx(reference, rel=1e-5)
 
 
-def test_wrong_vector_field_shape():
-    # Diffrax checks the vector field against `y0` before any step is taken.
-    with pytest.raises(ValueError, match="broadcasting"):
-        diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: y[:2]),
-            tight(din.RadauIIA3),
-            0.0,
-            1.0,
-            0.1,
-            jnp.ones(3),
-            stepsize_controller=diffrax.ConstantStepSize(),
-        )
-
-
 def test_complex_state_is_refused():
     with pytest.raises(ValueError, match="real state"):
         diffrax.diffeqsolve(
