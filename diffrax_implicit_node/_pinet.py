@@ -1,4 +1,5 @@
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
@@ -124,7 +125,10 @@ class PiNet(eqx.Module):
                 f"{x.shape}; use `jax.vmap` for a batch of inputs."
             )
         first, *rest = self.layers
-        hidden = first(x)
-        for layer in rest:
-            hidden = layer(x) * hidden + hidden
-        return self.output(hidden)
+        # The input may differ in dtype from the parameters, which `eqx.nn.Linear`
+        # combines with it: promote them as documented, whatever the global setting.
+        with jax.numpy_dtype_promotion("standard"):
+            hidden = first(x)
+            for layer in rest:
+                hidden = layer(x) * hidden + hidden
+            return self.output(hidden)

@@ -1,6 +1,7 @@
 """Shared test utilities: problems with known solutions, and an independent, naive
 implementation of one implicit Runge--Kutta step to compare the solvers against."""
 
+import contextlib
 import functools
 
 import diffrax
@@ -8,6 +9,7 @@ import diffrax_implicit_node as din
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import scipy.linalg
 
@@ -35,6 +37,22 @@ TABLEAUS = {
         ),
     ),
 }
+
+
+@contextlib.contextmanager
+def without_runtime_type_checks():
+    """Turns off jaxtyping's (and so beartype's) checks of the package's annotations.
+
+    For tests of the package's own checks of arguments that its annotations already
+    exclude: under the test suite's runtime type checking the annotation would reject
+    them first, while a user without it gets the package's own error message.
+    """
+    disabled = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", disabled)
 
 
 def tight(solver_cls, tol=1e-11):
