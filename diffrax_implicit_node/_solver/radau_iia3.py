@@ -3,16 +3,12 @@ from typing import ClassVar
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
     AbstractCollocationSolver,
     collocation_init_doc,
-    CollocationStep,
     CollocationTableau,
-    embedded_error_estimate,
-    embedded_error_weights,
 )
 
 
@@ -21,7 +17,6 @@ _A = np.array([[5 / 12, -1 / 12], [3 / 4, 1 / 4]])
 # A⁻¹ has only the complex pair 2 ± i√2, so the error filter `I - γ₀ hJ` needs a
 # factorisation of its own; γ₀ = 1/|2 ± i√2| keeps it as well conditioned as the stages.
 _ERROR_FILTER_SHIFT = np.sqrt(6)
-_ERROR_WEIGHTS = embedded_error_weights(_C, _A, 1 / _ERROR_FILTER_SHIFT)
 
 
 class RadauIIA3(AbstractCollocationSolver):
@@ -55,7 +50,7 @@ class RadauIIA3(AbstractCollocationSolver):
     """
 
     tableau: ClassVar[CollocationTableau] = CollocationTableau(
-        c=_C, a=_A, order=3, error_order=3, error_filter_shift=_ERROR_FILTER_SHIFT
+        c=_C, a=_A, order=3, error_filter_shift=_ERROR_FILTER_SHIFT
     )
 
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
@@ -63,9 +58,6 @@ class RadauIIA3(AbstractCollocationSolver):
     )(kappa=None)
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
-
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
-        return embedded_error_estimate(step, _ERROR_WEIGHTS)
 
 
 RadauIIA3.__init__.__doc__ = collocation_init_doc("RadauIIA3")

@@ -3,16 +3,12 @@ from typing import ClassVar
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
     AbstractCollocationSolver,
     collocation_init_doc,
-    CollocationStep,
     CollocationTableau,
-    embedded_error_estimate,
-    embedded_error_weights,
 )
 
 
@@ -25,10 +21,6 @@ _A = np.array(
         [(16 - _SQRT6) / 36, (16 + _SQRT6) / 36, 1 / 9],
     ]
 )
-# The real eigenvalue of A⁻¹ (Hairer & Wanner's RADAU5): the error filter then reuses
-# the factorisation of the real Newton system.
-_REAL_EIGENVALUE = 30 / (6 + 81 ** (1 / 3) - 9 ** (1 / 3))
-_ERROR_WEIGHTS = embedded_error_weights(_C, _A, 1 / _REAL_EIGENVALUE)
 
 
 class RadauIIA5(AbstractCollocationSolver):
@@ -65,7 +57,10 @@ class RadauIIA5(AbstractCollocationSolver):
     """
 
     tableau: ClassVar[CollocationTableau] = CollocationTableau(
-        c=_C, a=_A, order=5, error_order=4, error_filter_shift=_REAL_EIGENVALUE
+        # The error filter uses the real eigenvalue of A⁻¹, as RADAU5 does.
+        c=_C,
+        a=_A,
+        order=5,
     )
 
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
@@ -73,9 +68,6 @@ class RadauIIA5(AbstractCollocationSolver):
     )(kappa=None)
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
-
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
-        return embedded_error_estimate(step, _ERROR_WEIGHTS)
 
 
 RadauIIA5.__init__.__doc__ = collocation_init_doc("RadauIIA5")
