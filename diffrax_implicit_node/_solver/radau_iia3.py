@@ -26,9 +26,21 @@ class RadauIIA3(AbstractCollocationSolver):
     per Newton iteration as one complex `n × n` linear system (the W-transformation),
     with at most one Jacobian of `f` per step. The error estimate is a stiffly filtered
     embedded estimate in the manner of Hairer & Wanner, of order 2 (error order 3).
-    Dense output is the collocation polynomial of degree 2.
+    Dense output is the collocation polynomial of degree 2. The Radau IIA methods were
+    introduced by Ehle; the implementation follows Hairer & Wanner.
 
     ??? cite "References"
+
+        ```bibtex
+        @phdthesis{ehle1969pade,
+            title={On {P}ad{\'e} Approximations to the Exponential Function and
+                   {A}-Stable Methods for the Numerical Solution of Initial Value
+                   Problems},
+            author={Ehle, Byron L.},
+            school={University of Waterloo},
+            year={1969}
+        }
+        ```
 
         ```bibtex
         @book{hairer1996solving,
@@ -38,13 +50,6 @@ class RadauIIA3(AbstractCollocationSolver):
             edition={2},
             year={1996},
             publisher={Springer}
-        }
-
-        @article{fronk2024neural,
-            title={Neural ODEs for Stiff Systems: Implicit Single-Step Methods},
-            author={Fronk, Colby and Petzold, Linda},
-            journal={arXiv:2410.05592},
-            year={2024}
         }
         ```
     """

@@ -29,13 +29,25 @@ class RadauIIA5(AbstractCollocationSolver):
     A-, B- and L-stable, stiffly accurate, 5th order. Uses 3 implicit stages, solved
     per Newton iteration as one real and one complex `n × n` linear system (the
     W-transformation), with at most one Jacobian of `f` per step. The error estimate is
-    the stiffly filtered embedded estimate of Hairer & Wanner, of order 4 (error order
+    the stiffly filtered embedded estimate of Hairer & Wanner, of order 3 (error order
     4). Dense output is the collocation polynomial of degree 3.
 
     This is the method of the RADAU5 code of Hairer & Wanner and of SciPy's `Radau`, and
-    the default choice for stiff problems at moderate to tight tolerances.
+    the default choice for stiff problems at moderate to tight tolerances. The Radau
+    IIA methods were introduced by Ehle; the implementation follows Hairer & Wanner.
 
     ??? cite "References"
+
+        ```bibtex
+        @phdthesis{ehle1969pade,
+            title={On {P}ad{\'e} Approximations to the Exponential Function and
+                   {A}-Stable Methods for the Numerical Solution of Initial Value
+                   Problems},
+            author={Ehle, Byron L.},
+            school={University of Waterloo},
+            year={1969}
+        }
+        ```
 
         ```bibtex
         @book{hairer1996solving,
@@ -45,13 +57,6 @@ class RadauIIA5(AbstractCollocationSolver):
             edition={2},
             year={1996},
             publisher={Springer}
-        }
-
-        @article{fronk2024neural,
-            title={Neural ODEs for Stiff Systems: Implicit Single-Step Methods},
-            author={Fronk, Colby and Petzold, Linda},
-            journal={arXiv:2410.05592},
-            year={2024}
         }
         ```
     """
