@@ -179,6 +179,7 @@ def test_single_step_matches_naive_newton(solver_cls):
     np.testing.assert_allclose(y1, reference, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver_cls", (din.RadauIIA9, din.RadauIIA13))
 def test_gradients_match_finite_differences(solver_cls):
     def loss(params):
