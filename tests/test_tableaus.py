@@ -239,3 +239,27 @@ def test_adaptive_stiff_kaps(solver_cls):
     error = np.max(np.abs(solution.ys[-1] - kaps_exact(2.0)) / kaps_exact(2.0))
     assert error < 100 * rtol
     assert solution.stats["num_accepted_steps"] < 200
+
+
+# --- Citations -----------------------------------------------------------------------
+
+CITATIONS = {
+    din.BackwardEuler: ("hairer1996solving",),
+    din.Trapezoid: ("hairer1993solving",),
+    din.RadauIIA3: ("ehle1969pade", "hairer1996solving"),
+    din.RadauIIA5: ("ehle1969pade", "hairer1996solving"),
+    din.RadauIIA9: ("ehle1969pade", "hairer1999stiff"),
+    din.RadauIIA13: ("ehle1969pade", "hairer1999stiff"),
+    din.LobattoIIIC4: ("chipman1971astable", "axelsson1972note"),
+}
+
+
+@pytest.mark.parametrize("solver_cls", tuple(CITATIONS))
+def test_diffrax_citation_prints_the_method(solver_cls, capsys):
+    diffrax.citation(solver=solver_cls())
+    printed = capsys.readouterr().out
+    ours = printed[printed.index(f"the {solver_cls.__name__} solver") :]
+    for key in CITATIONS[solver_cls]:
+        assert f"{{{key}," in ours
+    # The paper that the learning half follows is not the solvers' origin.
+    assert "fronk" not in printed
