@@ -6,6 +6,7 @@ import diffrax_implicit_node as din
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 import scipy.linalg
 from helpers import (
@@ -263,3 +264,24 @@ def test_diffrax_citation_prints_the_method(solver_cls, capsys):
         assert f"{{{key}," in ours
     # The paper that the learning half follows is not the solvers' origin.
     assert "fronk" not in printed
+
+
+# --- SimplifiedNewton's statistics ---------------------------------------------------
+
+
+def test_simplified_newton_reports_its_contraction_rate():
+    # x³ + x - 1 = 0 from x = 1: the chord method converges linearly, with the rate
+    # |1 - g'(x*) / g'(1)| = |1 - (3x*² + 1) / 4| (x* ≈ 0.6823).
+    solution = optx.root_find(
+        lambda x, args: x**3 + x - 1,
+        din.SimplifiedNewton(rtol=1e-12, atol=1e-12),
+        jnp.array(1.0),
+        max_steps=100,
+    )
+    root = 0.6823278038280193
+    assert float(solution.value) == pytest.approx(root, abs=1e-10)
+    expected_rate = abs(1 - (3 * root**2 + 1) / 4)
+    assert float(solution.stats["contraction_rate"]) == pytest.approx(
+        expected_rate, rel=1e-2
+    )
+    assert int(solution.stats["num_steps"]) > 5
