@@ -1,5 +1,6 @@
 from importlib.metadata import version as _version
 
+from . import _citation as _citation  # Registers the solvers with `diffrax.citation`.
 from ._examples import (
     Example as Example,
     EXAMPLES as EXAMPLES,
@@ -15,9 +16,13 @@ from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
     BackwardEuler as BackwardEuler,
+    CollocationTableau as CollocationTableau,
+    LobattoIIIC4 as LobattoIIIC4,
     LowPrecisionWarning as LowPrecisionWarning,
     RadauIIA3 as RadauIIA3,
     RadauIIA5 as RadauIIA5,
+    RadauIIA9 as RadauIIA9,
+    RadauIIA13 as RadauIIA13,
     Trapezoid as Trapezoid,
 )
 from ._symbolic import (

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 
 SOLVERS = (din.BackwardEuler, din.Trapezoid, din.RadauIIA3, din.RadauIIA5)
@@ -53,6 +54,24 @@ def without_runtime_type_checks():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", disabled)
+
+
+def _radau_iia_tableau(stages):
+    """Radau IIA from SciPy's Gauss--Jacobi nodes (the zeros of P_(s-1)^(1,0) on
+    [0, 1], and 1) and the conditions C(s): a c^(k-1) = c^k / k, in float64."""
+    interior, _ = scipy.special.roots_jacobi(stages - 1, 1, 0)
+    c = np.append((1 + interior) / 2, 1.0)
+    powers = np.vander(c, stages, increasing=True)
+    integrals = powers * c[:, None] / np.arange(1, stages + 1)
+    return c, np.linalg.solve(powers.T, integrals.T).T
+
+
+TABLEAUS[din.RadauIIA9] = _radau_iia_tableau(5)
+TABLEAUS[din.RadauIIA13] = _radau_iia_tableau(7)
+TABLEAUS[din.LobattoIIIC4] = (
+    np.array([0.0, 0.5, 1.0]),
+    np.array([[1 / 6, -1 / 3, 1 / 6], [1 / 6, 5 / 12, -1 / 12], [1 / 6, 2 / 3, 1 / 6]]),
+)
 
 
 def tight(solver_cls, tol=1e-11):

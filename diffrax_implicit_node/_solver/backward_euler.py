@@ -3,23 +3,13 @@ from typing import ClassVar
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
     AbstractCollocationSolver,
     collocation_init_doc,
-    CollocationStep,
     CollocationTableau,
-    embedded_error_estimate,
-    embedded_error_weights,
 )
-
-
-_C = np.array([1.0])
-_A = np.array([[1.0]])
-_ERROR_FILTER_SHIFT = 1.0
-_ERROR_WEIGHTS = embedded_error_weights(_C, _A, 1 / _ERROR_FILTER_SHIFT)
 
 
 class BackwardEuler(AbstractCollocationSolver):
@@ -48,7 +38,7 @@ class BackwardEuler(AbstractCollocationSolver):
     """
 
     tableau: ClassVar[CollocationTableau] = CollocationTableau(
-        c=_C, a=_A, order=1, error_order=2, error_filter_shift=_ERROR_FILTER_SHIFT
+        c=np.array([1.0]), a=np.array([[1.0]]), order=1
     )
 
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
@@ -56,9 +46,6 @@ class BackwardEuler(AbstractCollocationSolver):
     )(kappa=None)
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
-
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
-        return embedded_error_estimate(step, _ERROR_WEIGHTS)
 
 
 BackwardEuler.__init__.__doc__ = collocation_init_doc("BackwardEuler")

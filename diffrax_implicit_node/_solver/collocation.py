@@ -35,8 +35,9 @@ class LowPrecisionWarning(UserWarning):
 
 
 class CollocationTableau(eqx.Module):
-    """The constants of a stiffly accurate collocation method, and everything derived
-    from them that a step needs.
+    """A stiffly accurate implicit Runge--Kutta method as data: its constants, and
+    everything derived from them that a step of
+    [`diffrax_implicit_node.AbstractCollocationSolver`][] needs.
 
     The first stage may be explicit (`c[0] == 0` and a zero first row of `a`, as for
     Lobatto IIIA methods such as the trapezoidal rule); every other stage is implicit.
@@ -45,14 +46,21 @@ class CollocationTableau(eqx.Module):
     Newton iteration then costs one LU factorisation of `λ I - h J` per real
     eigenvalue `λ` of the inverse and per complex-conjugate pair, instead of one of the
     whole stage system.
+
+    The method need not be a collocation method (Lobatto IIIC is not); its dense output
+    is the polynomial `u` with `u(t0) = y0` and `u'(t0 + cⱼ h) = f(Yⱼ)`, which is the
+    collocation polynomial for a collocation method.
     """
 
     c: np.ndarray
     a: np.ndarray
     order: int
-    error_order: int
     error_filter_shift: float
+    error_estimate: "AbstractErrorEstimate"
     # Derived.
+    error_order: int
+    # Weights of the embedded error estimate, where every stage is implicit.
+    error_weights: np.ndarray | None
     explicit_first_stage: bool
     c_implicit: np.ndarray
     a_implicit: np.ndarray
@@ -71,42 +79,68 @@ class CollocationTableau(eqx.Module):
     def __init__(
         self,
         *,
-        c: np.ndarray,
-        a: np.ndarray,
+        c: ArrayLike,
+        a: ArrayLike,
         order: int,
-        error_order: int,
-        error_filter_shift: float,
+        error_filter_shift: float | None = None,
+        error_estimate: "AbstractErrorEstimate | None" = None,
     ):
+        """**Arguments:**
+
+        - `c`: The nodes, increasing, with `c[-1] == 1` (stiffly accurate).
+        - `a`: The Runge--Kutta matrix, with one row per node, whose last row is the
+            weights `b`. Its first row may be zero if `c[0] == 0` (an explicit first
+            stage); the rest of it must be invertible.
+        - `order`: The classical order of the method.
+        - `error_filter_shift`: `1 / γ₀`, where the error estimate is filtered through
+            `(I - γ₀ hJ)⁻¹`. Defaults to the real eigenvalue of the inverse of the
+            implicit part of `a`, whose Newton system the filter then reuses.
+        - `error_estimate`: How a step estimates its local error; defaults to
+            [`diffrax_implicit_node.EmbeddedErrorEstimate`][].
+        """
+        c, a = _checked_coefficients(c, a)
         self.c = c
         self.a = a
         self.order = order
-        self.error_order = error_order
-        self.error_filter_shift = float(error_filter_shift)
         self.explicit_first_stage = bool(c[0] == 0 and np.all(a[0] == 0))
         first = 1 if self.explicit_first_stage else 0
         self.c_implicit = c[first:]
         self.a_explicit = a[first:, 0] if first else np.zeros(len(c))
         self.a_implicit = a[first:, first:]
-        a_implicit_inv = np.linalg.inv(self.a_implicit)
-        self.a_implicit_inv = a_implicit_inv
+        self.a_implicit_inv = np.linalg.inv(self.a_implicit)
 
-        eigenvalues, vectors = np.linalg.eig(a_implicit_inv)
-        eigenvalues = eigenvalues.astype(complex)
-        vectors = vectors.astype(complex)
+        eigenvalues, vectors = _paired_eigen_decomposition(self.a_implicit_inv)
+        if error_filter_shift is None:
+            real = eigenvalues[eigenvalues.imag == 0].real
+            if len(real) != 1:
+                raise ValueError(
+                    "The inverse of the implicit part of `a` has no single real "
+                    "eigenvalue to filter the error estimate with; give "
+                    "`error_filter_shift`."
+                )
+            error_filter_shift = float(real[0])
+        if not error_filter_shift > 0:
+            raise ValueError("`error_filter_shift` must be positive.")
+        self.error_filter_shift = float(error_filter_shift)
+        self.error_estimate = (
+            EmbeddedErrorEstimate() if error_estimate is None else error_estimate
+        )
+        self.error_order = self.error_estimate.error_order(c, a)
+        self.error_weights = (
+            None
+            if self.explicit_first_stage
+            else embedded_error_weights(c, a, 1 / self.error_filter_shift)
+        )
+
         shifts: list[complex] = []
         system_of_stage = []
         conjugate_stage = []
-        for k, eigenvalue in enumerate(eigenvalues):
-            if eigenvalue.imag < -1e-12:
-                partner = int(np.argmin(np.abs(eigenvalues - eigenvalue.conjugate())))
-                vectors[:, k] = vectors[:, partner].conjugate()
-                system_of_stage.append(shifts.index(complex(eigenvalues[partner])))
+        for eigenvalue in eigenvalues:
+            if eigenvalue.imag < 0:
+                # Its conjugate partner came just before it.
+                system_of_stage.append(len(shifts) - 1)
                 conjugate_stage.append(True)
             else:
-                if abs(eigenvalue.imag) <= 1e-12:
-                    eigenvalue = complex(eigenvalue.real)
-                    vectors[:, k] = np.real(vectors[:, k])
-                    eigenvalues[k] = eigenvalue
                 shifts.append(complex(eigenvalue))
                 system_of_stage.append(len(shifts) - 1)
                 conjugate_stage.append(False)
@@ -126,8 +160,8 @@ class CollocationTableau(eqx.Module):
         self.error_filter_system = matching[0]
         self.shifts = tuple(shifts)
 
-        # The collocation polynomial is u(t0 + θh) = y0 + Σⱼ hf(Yⱼ) ∫₀^θ Lⱼ, with Lⱼ
-        # the Lagrange basis on the nodes c; row j holds the coefficients of θ, θ², ...
+        # u(t0 + θh) = y0 + Σⱼ hf(Yⱼ) ∫₀^θ Lⱼ, with Lⱼ the Lagrange basis on the nodes
+        # c; row j holds the coefficients of θ, θ², ...
         stages = len(c)
         dense_coeffs = np.empty((stages, stages))
         for j in range(stages):
@@ -136,13 +170,60 @@ class CollocationTableau(eqx.Module):
             dense_coeffs[j] = basis.integ().coeffs[::-1][1:]
         self.dense_coeffs = dense_coeffs
 
-    def __check_init__(self):
-        if self.a.shape != (len(self.c), len(self.c)):
-            raise ValueError("`a` must be square, with one row per node in `c`.")
-        if not np.allclose(self.a.sum(axis=1), self.c):
-            raise ValueError("The row sums of `a` must equal `c`.")
-        if self.c[-1] != 1:
-            raise ValueError("A stiffly accurate method needs `c[-1] == 1`.")
+    def estimate_error(self, step: "CollocationStep") -> Float[Array, " n"]:
+        """The local error estimate of a step, as a flat array."""
+        return self.error_estimate(self, step)
+
+
+def _checked_coefficients(c: ArrayLike, a: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """`c` and `a` as float64 arrays, or a `ValueError` that names what is wrong."""
+    c = np.asarray(c, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float64)
+    if c.ndim != 1 or len(c) == 0:
+        raise ValueError(f"`c` must be a non-empty vector, not of shape {c.shape}.")
+    if a.shape != (len(c), len(c)):
+        raise ValueError(
+            f"`a` must be square, with one row per node in `c`: expected shape "
+            f"{(len(c), len(c))}, got {a.shape}."
+        )
+    if not (np.all(np.isfinite(c)) and np.all(np.isfinite(a))):
+        raise ValueError("`c` and `a` must be finite.")
+    if np.any(np.diff(c) <= 0):
+        raise ValueError("The nodes `c` must be distinct and increasing.")
+    if c[-1] != 1:
+        raise ValueError("A stiffly accurate method needs `c[-1] == 1`.")
+    if not np.allclose(a.sum(axis=1), c, rtol=0, atol=1e-13):
+        raise ValueError("The row sums of `a` must equal `c`.")
+    explicit_first_stage = c[0] == 0 and np.all(a[0] == 0)
+    implicit = a[1:, 1:] if explicit_first_stage else a
+    if np.linalg.cond(implicit) > 1e12:
+        raise ValueError(
+            "The implicit part of `a` (all of it, or all but the first row and column "
+            "for an explicit first stage) must be invertible."
+        )
+    return c, a
+
+
+def _paired_eigen_decomposition(
+    matrix: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of a real matrix with distinct eigenvalues: real
+    eigenvalues with real eigenvectors, and each complex eigenvalue with positive
+    imaginary part followed by its conjugate, whose eigenvector is the conjugate of its
+    partner's (so that conjugate stages can share one linear solve)."""
+    eigenvalues, vectors = np.linalg.eig(matrix)
+    scale = np.max(np.abs(eigenvalues))
+    pairs: list[tuple[complex, np.ndarray]] = []
+    for eigenvalue, vector in zip(eigenvalues, vectors.T):
+        if abs(eigenvalue.imag) <= 1e-12 * scale:
+            pairs.append((complex(eigenvalue.real), np.real(vector).astype(complex)))
+        elif eigenvalue.imag > 0:
+            pairs.append((complex(eigenvalue), vector.astype(complex)))
+            pairs.append((complex(eigenvalue).conjugate(), vector.conj()))
+    return (
+        np.array([eigenvalue for eigenvalue, _ in pairs]),
+        np.stack([vector for _, vector in pairs], axis=1),
+    )
 
 
 def embedded_error_weights(c: np.ndarray, a: np.ndarray, gamma0: float) -> np.ndarray:
@@ -316,10 +397,27 @@ class CollocationStep(NamedTuple):
     newton_matrix: _CollocationNewtonMatrix
 
 
-def embedded_error_estimate(
-    step: CollocationStep, weights: np.ndarray
-) -> Float[Array, " n"]:
-    """Hairer & Wanner's stiffly filtered estimate (IV.8.19-20), filtered twice.
+class AbstractErrorEstimate(eqx.Module):
+    """How a collocation method estimates the local error of a step. Estimates are
+    filtered through `(I - γ₀ hJ)⁻¹`, `γ₀ = 1 / tableau.error_filter_shift`, so that
+    stiff components in equilibrium do not force small steps."""
+
+    @abc.abstractmethod
+    def error_order(self, c: np.ndarray, a: np.ndarray) -> int:
+        """Diffrax's `error_order` of the estimate for the method `c`, `a`; raises a
+        `ValueError` where the estimate does not apply to that method."""
+
+    @abc.abstractmethod
+    def __call__(
+        self, tableau: CollocationTableau, step: CollocationStep
+    ) -> Float[Array, " n"]:
+        """The local error estimate of `step`, as a flat array."""
+
+
+class EmbeddedErrorEstimate(AbstractErrorEstimate):
+    """Hairer & Wanner's stiffly filtered embedded estimate (IV.8.19-20), filtered
+    twice, for a method whose stages are all implicit; with `s` stages it is of order
+    `s` (error order `s + 1`).
 
     The first filtering alone tends to `-y0` in the very stiff limit, which would
     reject perfectly good steps; evaluating `f` once more at `y0 + err` (the "second
@@ -327,12 +425,27 @@ def embedded_error_estimate(
     on every step costs one evaluation of `f` and keeps the step free of branches,
     which under `vmap` would cost both sides anyway.
     """
-    gamma0 = 1 / step.newton_matrix.error_filter_shift
-    with jax.numpy_dtype_promotion("standard"):
-        stage_part = jnp.asarray(weights, dtype=step.y0.dtype) @ step.stages
-        error = step.newton_matrix.solve_error_filter(gamma0 * step.hf0 + stage_part)
-        hf_perturbed = step.hf(step.t0, step.y0 + error)
-        return step.newton_matrix.solve_error_filter(gamma0 * hf_perturbed + stage_part)
+
+    def error_order(self, c: np.ndarray, a: np.ndarray) -> int:
+        if c[0] == 0 and np.all(a[0] == 0):
+            raise ValueError(
+                "The embedded error estimate needs every stage implicit; a method "
+                "with an explicit first stage needs an `error_estimate` of its own."
+            )
+        return len(c) + 1
+
+    def __call__(
+        self, tableau: CollocationTableau, step: CollocationStep
+    ) -> Float[Array, " n"]:
+        assert tableau.error_weights is not None
+        gamma0 = 1 / tableau.error_filter_shift
+        filter_error = step.newton_matrix.solve_error_filter
+        with jax.numpy_dtype_promotion("standard"):
+            weights = jnp.asarray(tableau.error_weights, dtype=step.y0.dtype)
+            stage_part = weights @ step.stages
+            error = filter_error(gamma0 * step.hf0 + stage_part)
+            hf_perturbed = step.hf(step.t0, step.y0 + error)
+            return filter_error(gamma0 * hf_perturbed + stage_part)
 
 
 class _CollocationState(eqx.Module):
@@ -370,7 +483,9 @@ class AbstractCollocationSolver(
     is the collocation polynomial of each step. The first step starts Newton from
     `Z = 0`; later steps start from the previous step's collocation polynomial.
 
-    Subclasses provide `tableau` and the error estimate.
+    Subclasses provide the method as data: a
+    [`diffrax_implicit_node.CollocationTableau`][] as the class variable `tableau`,
+    and the fields `root_finder`, `root_find_max_steps` and `reuse_jacobian`.
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -382,10 +497,6 @@ class AbstractCollocationSolver(
     root_finder: AbstractVar[optx.AbstractRootFinder]
     root_find_max_steps: AbstractVar[int]
     reuse_jacobian: AbstractVar[bool]
-
-    @abc.abstractmethod
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
-        """The local error estimate of the step, as a flat array."""
 
     def order(self, terms: PyTree[diffrax.AbstractTerm]) -> int:
         del terms
@@ -535,7 +646,7 @@ class AbstractCollocationSolver(
             stage_derivatives
         )
         y1_flat = y0_flat + stages[-1]
-        error = self._estimate_error(
+        error = tableau.estimate_error(
             CollocationStep(
                 t0=t0,
                 t1=t1,

@@ -10,16 +10,36 @@ from jaxtyping import Array, Float
 from .._root_finder import SimplifiedNewton
 from .collocation import (
     AbstractCollocationSolver,
+    AbstractErrorEstimate,
     collocation_init_doc,
     CollocationStep,
     CollocationTableau,
 )
 
 
-_C = np.array([0.0, 1.0])
-_A = np.array([[0.0, 0.0], [0.5, 0.5]])
-# Newton matrix I - hJ/2: the error filter reuses its factorisation.
-_ERROR_FILTER_SHIFT = 2.0
+class _MidpointDefectEstimate(AbstractErrorEstimate):
+    """Simpson's rule on the defect `h f(t, u(t)) - h u'(t)` of the collocation
+    polynomial `u` of the trapezoidal rule, which vanishes at both ends:
+    `(2/3) (h f(t½, u(t½)) - h u'(t½))`, of order 3 (error order 3)."""
+
+    def error_order(self, c: np.ndarray, a: np.ndarray) -> int:
+        if not np.array_equal(c, [0.0, 1.0]):
+            raise ValueError("The midpoint defect estimate is the trapezoidal rule's.")
+        return 3
+
+    def __call__(
+        self, tableau: CollocationTableau, step: CollocationStep
+    ) -> Float[Array, " n"]:
+        with jax.numpy_dtype_promotion("standard"):
+            midpoint_time = step.t0 + 0.5 * (step.t1 - step.t0)
+            midpoint_value = (
+                step.y0 + 0.5 * step.dense_coeffs[0] + 0.25 * (step.dense_coeffs[1])
+            )
+        # u' is linear, so at the midpoint it is the mean of the end derivatives.
+        defect = step.hf(midpoint_time, midpoint_value) - jnp.mean(
+            step.stage_derivatives, axis=0
+        )
+        return step.newton_matrix.solve_error_filter(2 / 3 * defect)
 
 
 class Trapezoid(AbstractCollocationSolver):
@@ -49,8 +69,12 @@ class Trapezoid(AbstractCollocationSolver):
         ```
     """
 
+    # The error filter `I - hJ/2` reuses the factorisation of the Newton matrix.
     tableau: ClassVar[CollocationTableau] = CollocationTableau(
-        c=_C, a=_A, order=2, error_order=3, error_filter_shift=_ERROR_FILTER_SHIFT
+        c=np.array([0.0, 1.0]),
+        a=np.array([[0.0, 0.0], [0.5, 0.5]]),
+        order=2,
+        error_estimate=_MidpointDefectEstimate(),
     )
 
     root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(
@@ -58,18 +82,6 @@ class Trapezoid(AbstractCollocationSolver):
     )(kappa=None)
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
-
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
-        with jax.numpy_dtype_promotion("standard"):
-            midpoint_time = step.t0 + 0.5 * (step.t1 - step.t0)
-            midpoint_value = (
-                step.y0 + 0.5 * step.dense_coeffs[0] + 0.25 * (step.dense_coeffs[1])
-            )
-        # u' is linear, so at the midpoint it is the mean of the end derivatives.
-        defect = step.hf(midpoint_time, midpoint_value) - jnp.mean(
-            step.stage_derivatives, axis=0
-        )
-        return step.newton_matrix.solve_error_filter(2 / 3 * defect)
 
 
 Trapezoid.__init__.__doc__ = collocation_init_doc("Trapezoid")
