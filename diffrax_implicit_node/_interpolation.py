@@ -29,8 +29,8 @@ class LocalPolynomialInterpolation(diffrax.AbstractLocalInterpolation):
 
     t0: RealScalarLike
     t1: RealScalarLike
-    y0: PyTree[Shaped[Array, " ?*y"], "Y"]
-    coeffs: PyTree[Shaped[Array, "degree ?*y"], "Y"]
+    y0: PyTree[Shaped[Array, " ?*y"], " Y"]
+    coeffs: PyTree[Shaped[Array, "degree ?*y"], " Y"]
 
     def evaluate(
         self, t0: RealScalarLike, t1: RealScalarLike | None = None, left: bool = True
