@@ -17,6 +17,7 @@ import optimistix as optx
 import tqdm
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
+from ._sharding import data_parallel, DataParallel, Devices
 from ._solver import AbstractCollocationSolver
 
 
@@ -29,6 +30,7 @@ _NON_FINITE_ADVICE = (
 _NON_FINITE_LOSS = "the loss is not finite (or a solve failed). " + _NON_FINITE_ADVICE
 _NON_FINITE_GRADIENT = "the gradient is not finite. " + _NON_FINITE_ADVICE
 _NO_TAGS: frozenset[object] = frozenset()
+_ArrayOrShape = jax.Array | np.ndarray | jax.ShapeDtypeStruct
 
 
 class NeuralVectorField(eqx.Module):
@@ -88,6 +90,7 @@ class FitResult(eqx.Module):
         solver, or when interrupted (Ctrl-C). Not when a least-squares solver
         converges: then `losses` is just shorter than the number of epochs.
     - `message`: Why training stopped early; empty otherwise.
+    - `devices`: The number of devices trained on.
     """
 
     model: PyTree
@@ -95,6 +98,7 @@ class FitResult(eqx.Module):
     opt_state: PyTree
     stopped_early: bool
     message: str
+    devices: int = 1
 
 
 def _as_trajectories(ts: ArrayLike, ys: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -147,12 +151,14 @@ def _as_trajectories(ts: ArrayLike, ys: ArrayLike) -> tuple[np.ndarray, np.ndarr
 
 
 class _Intervals(eqx.Module):
-    """One initial value problem per pair of consecutive observations."""
+    """One initial value problem per pair of consecutive observations; `weight` is 1,
+    or 0 for the padding that fills up the last device."""
 
     t0: Float[Array, " m"]
     t1: Float[Array, " m"]
     y0: Float[Array, "m n"]
     y1: Float[Array, "m n"]
+    weight: Float[Array, " m"]
 
 
 def _intervals(ts: np.ndarray, ys: np.ndarray) -> _Intervals:
@@ -162,6 +168,7 @@ def _intervals(ts: np.ndarray, ys: np.ndarray) -> _Intervals:
         t1=jnp.asarray(ts[:, 1:].ravel()),
         y0=jnp.asarray(ys[:, :-1].reshape(-1, size)),
         y1=jnp.asarray(ys[:, 1:].reshape(-1, size)),
+        weight=jnp.ones(ys.shape[0] * (ys.shape[1] - 1), dtype=ys.dtype),
     )
 
 
@@ -252,7 +259,10 @@ class _Residuals(eqx.Module):
             steps_per_interval=self.steps_per_interval,
             args=self.args,
         )
-        residuals = ((predictions - intervals.y1) / self.scale).ravel()
+        # Padding counts exactly zero (`where`, not a product: 0 * inf is NaN).
+        residuals = jnp.where(
+            intervals.weight[:, None] > 0, (predictions - intervals.y1) / self.scale, 0
+        ).ravel()
         # The end state of a failed solve is meaningless: count it as infinitely far
         # off, which stops a first-order optimiser and makes a trust region shrink.
         return jnp.where(jnp.all(succeeded), residuals, jnp.inf)
@@ -264,7 +274,7 @@ def _train_step(
     opt_state: PyTree,
     optimiser: optax.GradientTransformation,
     residuals: _Residuals,
-    indices: Int[Array, " b"],
+    indices: Int[Array, " b"] | None,
 ) -> tuple[PyTree, PyTree, Scalar, Bool[Array, ""]]:
     def loss_fn(trainable):
         return jnp.sum(residuals(trainable, indices) ** 2)
@@ -347,11 +357,11 @@ def _least_squares_step(
 
 
 def _run_epoch(
-    step: Callable[[PyTree, PyTree, Int[Array, " b"]], tuple],
+    step: Callable[[PyTree, PyTree, Int[Array, " b"] | None], tuple],
     trainable: PyTree,
     opt_state: PyTree,
     last_good: PyTree,
-    batches: Int[Array, "batches b"],
+    batches: list[Int[Array, " b"] | None],
 ) -> tuple[PyTree, PyTree, PyTree, float, str]:
     """One optimiser step per batch.
 
@@ -435,6 +445,35 @@ def _load_checkpoint(
     return trainable, opt_state, [float(x) for x in losses]
 
 
+def _unpadded_state(
+    parallel: DataParallel,
+    trainable: PyTree,
+    opt_state: PyTree,
+    residuals: _Residuals,
+    optimiser: optax.GradientTransformation | optx.AbstractGaussNewton,
+) -> tuple[PyTree, PyTree]:
+    """Host arrays of the shapes that `(trainable, opt_state)` would have without
+    padding: only a least-squares state, which holds the residuals and their
+    Jacobian, differs."""
+    if parallel.num_padded > parallel.num_windows and isinstance(
+        optimiser, optx.AbstractGaussNewton
+    ):
+        unpadded = jax.tree.map(
+            lambda x: x[: parallel.num_windows], residuals.intervals
+        )
+        opt_state = eqx.filter_eval_shape(
+            _least_squares_init,
+            trainable,
+            optimiser,
+            eqx.tree_at(lambda r: r.intervals, residuals, unpadded),
+        )
+    return jax.tree.map(
+        lambda x: np.zeros(x.shape, x.dtype) if isinstance(x, _ArrayOrShape) else x,
+        (trainable, opt_state),
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+    )
+
+
 def fit(
     vector_field: PyTree,
     ts: Float[ArrayLike, " T"] | Float[ArrayLike, "B T"],
@@ -452,6 +491,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool = True,
+    devices: Devices | None = None,
 ) -> FitResult:
     r"""Trains a neural ODE on observations by *discretize-then-optimize*.
 
@@ -504,7 +544,16 @@ def fit(
     history are saved every `checkpoint_every` epochs and at the end (with
     `equinox.tree_serialise_leaves`); if the file already exists, training resumes
     from it and continues exactly, bit for bit, as if it had not been interrupted.
-    Pass the same initial `vector_field`, data and options as before.
+    Pass the same initial `vector_field`, data and options as before (the number of
+    devices may differ).
+
+    With `devices`, training is data parallel: the intervals are split evenly across
+    the devices (padded, if their number does not divide evenly, with intervals that
+    count zero) and the parameters are replicated on each. The loss, its gradient and
+    the triangular factors of a least-squares solver's Jacobian are reduced across
+    devices, so that each device holds only its share of the solves and of the rows of
+    the Jacobian; the result is that of one device, up to rounding. See
+    [Scaling out](../usage/scaling-out.md).
 
     ??? cite "Reference"
 
@@ -544,6 +593,9 @@ def fit(
     - `checkpoint`: A file to save to and resume from.
     - `checkpoint_every`: Epochs between checkpoints.
     - `progress`: Whether to show a progress bar with the loss.
+    - `devices`: The devices to train on: a number (the first that many of
+        `jax.devices()`), a sequence of devices, or a `jax.sharding.Mesh` (the
+        intervals are split across all its axes). Defaults to one device.
 
     **Returns:**
 
@@ -588,26 +640,50 @@ def fit(
                 f"`scale` must be {size} positive numbers, one per component."
             )
 
+    minibatches = batch_size < num_intervals
+    parallel = data_parallel(
+        1 if devices is None else devices,
+        num_intervals,
+        batch_size if minibatches else None,
+    )
     trainable, frozen = eqx.partition(vector_field, filter_spec)
+    trainable, frozen, scale, args = parallel.replicate(
+        (trainable, frozen, scale, args)
+    )
     residuals = _Residuals(
-        frozen, intervals, scale, solver, steps_per_interval, args=args
+        frozen,
+        parallel.shard_windows(intervals),
+        scale,
+        solver,
+        steps_per_interval,
+        args=args,
     )
     if isinstance(optimiser, optx.AbstractGaussNewton):
+        optimiser = parallel.least_squares_solver(optimiser)
         opt_state = _least_squares_init(trainable, optimiser, residuals)
     else:
         # Some optimisers (`optax.lbfgs`) start with weakly typed scalars that the
         # first update makes strongly typed: fix the types now, or the second epoch
-        # recompiles.
-        opt_state = jax.tree.map(
-            lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x,
-            optimiser.init(trainable),
+        # recompiles. (And its scalars belong on every device, as the parameters.)
+        opt_state = parallel.replicate(
+            jax.tree.map(
+                lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x,
+                optimiser.init(trainable),
+            )
         )
     losses: list[float] = []
     checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
+    if checkpoint_path is not None:
+        # A checkpoint holds the state without padding, for any number of devices.
+        unpadded = _unpadded_state(parallel, trainable, opt_state, residuals, optimiser)
     if checkpoint_path is not None and checkpoint_path.exists():
-        trainable, opt_state, losses = _load_checkpoint(
-            checkpoint_path, trainable, opt_state
-        )
+        *state, losses = _load_checkpoint(checkpoint_path, *unpadded)
+        trainable, opt_state = parallel.from_host(tuple(state), (trainable, opt_state))
+
+    def save(trainable, opt_state, losses):
+        if checkpoint_path is not None and jax.process_index() == 0:
+            state = parallel.to_host((trainable, opt_state), unpadded)
+            _save_checkpoint(checkpoint_path, *state, losses)
 
     num_batches = num_intervals // batch_size
 
@@ -615,13 +691,14 @@ def fit(
         if isinstance(optimiser, optx.AbstractGaussNewton):
             return _run_least_squares_step(optimiser, residuals, trainable, opt_state)
         transformation = optimiser  # An Optax one.
-        if batch_size == num_intervals:
-            batches = jnp.arange(num_intervals)[None]
-        else:
+        if minibatches:
             assert key is not None
             # A key per epoch: resuming from a checkpoint needs no key state.
             order = jr.permutation(jr.fold_in(key, epoch), num_intervals)
             batches = order[: num_batches * batch_size].reshape(num_batches, -1)
+            batches = [parallel.shard_batch(indices) for indices in batches]
+        else:
+            batches = [None]
 
         def step(trainable, opt_state, indices):
             return _train_step(trainable, opt_state, transformation, residuals, indices)
@@ -659,19 +736,18 @@ def fit(
                     best = epoch_start[0] if before_step else trainable
                 bar.set_postfix(loss=f"{epoch_loss:.4e}")
                 bar.update()
-                if checkpoint_path is not None and (
+                if (
                     len(losses) % checkpoint_every == 0
                     or len(losses) == epochs
                     or converged
                 ):
-                    _save_checkpoint(checkpoint_path, trainable, opt_state, losses)
+                    save(trainable, opt_state, losses)
                 if converged:
                     break
         except KeyboardInterrupt:
             # Drop the interrupted epoch, so that resuming repeats it exactly.
             trainable, opt_state = epoch_start
-            if checkpoint_path is not None:
-                _save_checkpoint(checkpoint_path, trainable, opt_state, losses)
+            save(trainable, opt_state, losses)
             message = (
                 f"Training interrupted in epoch {len(losses)}. The result holds the "
                 "parameters with the lowest loss so far"
@@ -690,4 +766,5 @@ def fit(
         opt_state=opt_state,
         stopped_early=bool(message),
         message=message,
+        devices=parallel.num_devices,
     )
