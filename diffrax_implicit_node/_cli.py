@@ -16,8 +16,9 @@ import jax.random as jr
 import numpy as np
 import sympy
 
-from ._examples import (
-    EXAMPLES,
+from ._examples import EXAMPLES
+from ._model import NeuralVectorField
+from ._names import (
     optimiser_from_name,
     OPTIMISER_NAMES,
     solver_from_name,
@@ -25,7 +26,7 @@ from ._examples import (
 )
 from ._pinet import PiNet
 from ._symbolic import coefficients, equations_table, prune, to_sympy
-from ._train import fit, FitResult, NeuralVectorField
+from ._train import fit, FitResult
 
 
 class _Defaults(NamedTuple):

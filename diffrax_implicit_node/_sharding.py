@@ -5,7 +5,7 @@ least-squares solve, which reduces small triangular factors (TSQR) instead of
 gathering the Jacobian onto every device."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -172,9 +172,19 @@ class DataParallel(eqx.Module):
         )
 
     def replicate(self, tree: PyTree) -> PyTree:
-        """Places every array of `tree` on every device."""
-        arrays, rest = eqx.partition(tree, eqx.is_array)
-        return eqx.combine(jax.device_put(arrays, self.replicated), rest)
+        """Places every array of `tree` on every device, except those already laid
+        out on the mesh (a least-squares state's residuals and Jacobian stay split)."""
+
+        def place(x):
+            if not eqx.is_array(x) or x.sharding.device_set == self.mesh_devices:
+                return x
+            return jax.device_put(x, self.replicated)
+
+        return jax.tree.map(place, tree)
+
+    @property
+    def mesh_devices(self) -> set[jax.Device]:
+        return set(self.mesh.devices.flat)
 
     def shard_batch(self, indices: Int[Array, " b"]) -> Int[Array, " c"]:
         """Pads a minibatch of window indices to a multiple of the device count with
@@ -185,7 +195,7 @@ class DataParallel(eqx.Module):
         )
         return jax.device_put(indices, self.windows_sharding)
 
-    def least_squares_solver(
+    def with_sharded_solve(
         self, optimiser: optx.AbstractGaussNewton
     ) -> optx.AbstractGaussNewton:
         """The optimiser with its default QR solve replaced by the one that keeps
@@ -196,6 +206,26 @@ class DataParallel(eqx.Module):
             return optimiser
         return eqx.tree_at(
             lambda o: o.descent.linear_solver, optimiser, _TallSkinnyQR(self.mesh)
+        )
+
+    def unpadded(
+        self,
+        init: Callable[[PyTree, PyTree], PyTree],
+        trainable: PyTree,
+        residuals: PyTree,
+    ) -> tuple[PyTree, PyTree]:
+        """Host arrays (zeros) of the shapes that `(trainable, init(trainable,
+        residuals))` have without the padding of `residuals.windows`: only a
+        least-squares state, which holds the residuals and their Jacobian, differs."""
+        if self.num_padded > self.num_windows:
+            cut = jax.tree.map(lambda x: x[: self.num_windows], residuals.windows)
+            residuals = eqx.tree_at(lambda r: r.windows, residuals, cut)
+        shapes = eqx.filter_eval_shape(lambda t: (t, init(t, residuals)), trainable)
+        return jax.tree.map(
+            lambda x: (
+                np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+            ),
+            shapes,
         )
 
     def to_host(self, tree: PyTree, unpadded: PyTree) -> PyTree:
@@ -235,12 +265,14 @@ class DataParallel(eqx.Module):
 
 
 def data_parallel(
-    devices: Devices, num_windows: int, batch_size: int | None
+    devices: Devices | None, num_windows: int, batch_size: int | None
 ) -> DataParallel:
-    """The layout of `num_windows` windows on `devices`: padded to a multiple of
-    the device count, with at least one padding window if minibatches of
-    `batch_size` need one to fill up to that multiple."""
-    mesh = device_mesh(devices)
-    count = mesh.devices.size
-    needed = num_windows + int(batch_size is not None and batch_size % count != 0)
+    """The layout of `num_windows` windows on `devices` (default: one): padded to
+    a multiple of the device count, with at least one padding window if minibatches
+    of `batch_size` need one to fill up to that multiple. On several hosts, the
+    counts are this process's own and its devices' (each host pads its own part)."""
+    mesh = device_mesh(1 if devices is None else devices)
+    count = len(mesh.local_devices)
+    minibatches = batch_size is not None and batch_size != num_windows
+    needed = num_windows + int(minibatches and batch_size % count != 0)
     return DataParallel(mesh, num_windows, count * math.ceil(needed / count))

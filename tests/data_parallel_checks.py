@@ -28,8 +28,9 @@ import numpy as np
 import optax
 import optimistix as optx
 import scipy.linalg
+from diffrax_implicit_node._data import as_observations
 from diffrax_implicit_node._sharding import data_parallel
-from diffrax_implicit_node._train import _as_trajectories, _intervals
+from diffrax_implicit_node._windows import windows_from
 
 
 def data() -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +96,7 @@ def main(out: pathlib.Path) -> None:
 
     # The layout itself: windows split across the 4 devices, padding weighted 0.
     parallel = data_parallel(4, 14, None)
-    windows = parallel.shard_windows(_intervals(*_as_trajectories(ts, ys)))
+    windows = parallel.shard_windows(windows_from(as_observations(ts, ys), 1))
     results["windows_spec"] = np.asarray(str(windows.y0.sharding.spec))
     results["windows_devices"] = len(windows.y0.sharding.device_set)
     results["windows_shard_shapes"] = np.asarray(
