@@ -172,19 +172,27 @@ class DataParallel(eqx.Module):
         )
 
     def replicate(self, tree: PyTree) -> PyTree:
-        """Places every array of `tree` on every device, except those already laid
-        out on the mesh (a least-squares state's residuals and Jacobian stay split)."""
+        """Places every array of `tree` on every device."""
+        arrays, rest = eqx.partition(tree, eqx.is_array)
+        return eqx.combine(jax.device_put(arrays, self.replicated), rest)
+
+    def lay_out_state(self, opt_state: PyTree, size: int) -> PyTree:
+        """Places an optimiser's state as its step leaves it: arrays with a leading
+        axis of one row per residual (a least-squares state's residuals and
+        Jacobian, `size` rows per window) split along it, the rest replicated.
+        (Initial states come out of `init` replicated, which would hold the whole
+        Jacobian on every device and compile the step a second time.)"""
+        rows = self.num_padded * jax.process_count() * size
 
         def place(x):
-            if not eqx.is_array(x) or x.sharding.device_set == self.mesh_devices:
+            if not eqx.is_array(x):
                 return x
-            return jax.device_put(x, self.replicated)
+            split = x.ndim > 0 and x.shape[0] == rows
+            return jax.device_put(
+                x, self.windows_sharding if split else self.replicated
+            )
 
-        return jax.tree.map(place, tree)
-
-    @property
-    def mesh_devices(self) -> set[jax.Device]:
-        return set(self.mesh.devices.flat)
+        return jax.tree.map(place, opt_state)
 
     def shard_batch(self, indices: Int[Array, " b"]) -> Int[Array, " c"]:
         """Pads a minibatch of window indices to a multiple of the device count with

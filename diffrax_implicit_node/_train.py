@@ -210,7 +210,7 @@ def fit(
         steps_per_interval,
         args=args,
     )
-    opt_state = parallel.replicate(optimisation_.init(trainable, residuals))
+    opt_state = parallel.lay_out_state(optimisation_.init(trainable, residuals), size)
     losses: list[float] = []
     checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_path is not None:

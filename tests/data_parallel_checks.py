@@ -18,6 +18,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import contextlib
+import io
+import json
 import pathlib
 import tempfile
 
@@ -28,6 +31,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import scipy.linalg
+from diffrax_implicit_node._cli import main
 from diffrax_implicit_node._data import as_observations
 from diffrax_implicit_node._sharding import data_parallel
 from diffrax_implicit_node._windows import windows_from
@@ -51,7 +55,7 @@ def model() -> din.NeuralVectorField:
     return din.NeuralVectorField(din.PiNet(2, 2, degree=1, width=3, key=jr.key(0)))
 
 
-def main(out: pathlib.Path) -> None:
+def run(out: pathlib.Path) -> None:
     ts, ys = data()
     solver = din.solver_from_name("backward-euler")
     runs = dict(
@@ -104,8 +108,42 @@ def main(out: pathlib.Path) -> None:
     )
     results["windows_weight"] = np.asarray(windows.weight)
     results["windows_pad_y0"] = np.asarray(windows.y0[14:] - windows.y0[0])
+
+    # The command line, on the same data and model as the "lm" runs.
+    with tempfile.TemporaryDirectory() as directory:
+        csv = pathlib.Path(directory) / "data.csv"
+        rows = [
+            f"{b},{t},{y[0]!r},{y[1]!r}"
+            for b, trajectory in enumerate(ys)
+            for t, y in zip(ts, trajectory)
+        ]
+        csv.write_text("\n".join(["trajectory,t,x0,x1", *rows]) + "\n")
+        for devices in ("1", "4"):
+            json_path = pathlib.Path(directory) / f"{devices}.json"
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                status = main(
+                    [
+                        "fit",
+                        str(csv),
+                        "--devices",
+                        devices,
+                        "--solver",
+                        "backward-euler",
+                    ]
+                    + ["--degree", "1", "--epochs", "6", "--quiet"]
+                    + ["--out", str(json_path)]
+                )
+            assert status == 0
+            results[f"cli_{devices}_printed"] = printed.getvalue()
+            learned = json.loads(json_path.read_text())
+            results[f"cli_{devices}_coefficients"] = [
+                learned[state][monomial]
+                for state in sorted(learned)
+                for monomial in sorted(learned[state])
+            ]
     np.savez(out, **{k: np.asarray(v) for k, v in results.items()})
 
 
 if __name__ == "__main__":
-    main(pathlib.Path(sys.argv[1]))
+    run(pathlib.Path(sys.argv[1]))
