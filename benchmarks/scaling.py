@@ -13,15 +13,15 @@ cores split between them. That shows that the answer does not change and how mem
 per device falls; it cannot show a speed-up when the cores are fewer than the
 devices. On GPUs, each device is a GPU.
 
-The problem: a stiff linear system y' = A y, eigenvalues -1 and -100, observed at
-50 uniform gaps on [0, 2] along many trajectories from random starts; one window per
-gap (so windows = 50 x trajectories), one `RadauIIA3` step per window; the model a
-`PiNet` of degree 2 and width 6 (50 parameters). Each configuration runs in its own
-subprocess: it builds and compiles the step `fit` takes each epoch on the given
-devices, times `EPOCHS` calls of it (the epoch time is the minimum), and reads the
-per-device working memory of the compiled step from XLA
-(`compiled.memory_analysis()`: temporaries + arguments + outputs - aliased; the same program runs on every device). Strong scaling: the same windows
-on 1, 2, 4 devices; weak scaling: the same windows per device.
+The problem: a stiff linear system y' = A y, eigenvalues -1 and -100, observed at 50
+uniform gaps on [0, 2] along many trajectories from random starts; one window per gap
+(so windows = 50 x trajectories), one `RadauIIA3` step per window; the model a `PiNet`
+of degree 2 and width 6 (50 parameters). Each configuration runs in its own subprocess:
+it builds and compiles the step `fit` takes each epoch on the given devices, times
+`EPOCHS` calls of it (the epoch time is the minimum), and reads the per-device working
+memory of the compiled step from XLA (`compiled.memory_analysis()`: temporaries +
+arguments + outputs - aliased; the same program runs on every device). Strong scaling:
+the same windows on 1, 2, 4 devices; weak scaling: the same windows per device.
 """
 
 import argparse
