@@ -1,17 +1,17 @@
 from importlib.metadata import version as _version
 
 from . import _citation as _citation  # Registers the solvers with `diffrax.citation`.
-from ._examples import (
-    Example as Example,
-    EXAMPLES as EXAMPLES,
-    optimiser_from_name as optimiser_from_name,
-    RK4 as RK4,
-    solver_from_name as solver_from_name,
-)
+from ._examples import Example as Example, EXAMPLES as EXAMPLES
 from ._interpolation import (
     LocalPolynomialInterpolation as LocalPolynomialInterpolation,
 )
+from ._model import NeuralVectorField as NeuralVectorField
+from ._names import (
+    optimiser_from_name as optimiser_from_name,
+    solver_from_name as solver_from_name,
+)
 from ._pinet import PiNet as PiNet
+from ._rk4 import RK4 as RK4
 from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
@@ -33,12 +33,8 @@ from ._symbolic import (
     to_jax as to_jax,
     to_sympy as to_sympy,
 )
-from ._train import (
-    fit as fit,
-    FitResult as FitResult,
-    interval_predictions as interval_predictions,
-    NeuralVectorField as NeuralVectorField,
-)
+from ._train import fit as fit, FitResult as FitResult
+from ._windows import interval_predictions as interval_predictions
 
 
 __version__ = _version("diffrax_implicit_node")

@@ -16,8 +16,9 @@ import jax.random as jr
 import numpy as np
 import sympy
 
-from ._examples import (
-    EXAMPLES,
+from ._examples import EXAMPLES
+from ._model import NeuralVectorField
+from ._names import (
     optimiser_from_name,
     OPTIMISER_NAMES,
     solver_from_name,
@@ -25,7 +26,7 @@ from ._examples import (
 )
 from ._pinet import PiNet
 from ._symbolic import coefficients, equations_table, prune, to_sympy
-from ._train import fit, FitResult, NeuralVectorField
+from ._train import fit, FitResult
 
 
 class _Defaults(NamedTuple):
@@ -50,6 +51,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _device_count(text: str) -> int | str:
+    return text if text == "all" else _positive_int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--seed", type=int, default=0, help="initialisation seed (default: 0)"
+        )
+        command.add_argument(
+            "--devices",
+            type=_device_count,
+            default=1,
+            metavar="N",
+            help="train data parallel on N devices, or 'all' visible ones; the "
+            "windows are split across them (default: 1)",
         )
         command.add_argument("--out", type=pathlib.Path, help="write JSON here")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -251,6 +264,9 @@ def _train(
                 epochs=options.epochs,
                 steps_per_interval=options.steps,
                 progress=not options.quiet,
+                devices=(
+                    len(jax.devices()) if options.devices == "all" else options.devices
+                ),
             )
         except ValueError as e:
             raise _UserError(str(e)) from None
@@ -290,7 +306,7 @@ def _reproduce(options: argparse.Namespace) -> None:
         f"{example.name}: {example.description}; {ys.shape[0]} trajectory(ies) x "
         f"{options.points} points, solver {options.solver} ({options.steps} step(s) "
         f"per gap), {len(result.losses)} epochs of {options.optimiser}, final loss "
-        f"{_final_loss(result):.3e}, {seconds:.1f} s"
+        f"{_final_loss(result):.3e}, {seconds:.1f} s on {result.devices} device(s)"
     )
     print()
     print(
@@ -326,6 +342,7 @@ def _reproduce(options: argparse.Namespace) -> None:
             optimiser=options.optimiser,
             points=options.points,
             epochs=len(result.losses),
+            devices=result.devices,
             stopped_early=result.stopped_early,
             message=result.message,
             final_loss=float(result.losses[-1]) if len(result.losses) else None,
@@ -361,7 +378,7 @@ def _fit(options: argparse.Namespace) -> None:
     print(
         f"{len(result.losses)} epochs of {options.optimiser} with {options.solver} "
         f"({options.steps} step(s) per gap), final loss "
-        f"{_final_loss(result):.3e}, {seconds:.1f} s"
+        f"{_final_loss(result):.3e}, {seconds:.1f} s on {result.devices} device(s)"
     )
     print(equations_table({"learned": learned}, variables, digits=6))
     _write_json(

@@ -4,7 +4,7 @@ from typing import Any
 
 import diffrax
 import diffrax_implicit_node as din
-import diffrax_implicit_node._train as din_train
+import diffrax_implicit_node._optimise as din_optimise
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -239,7 +239,7 @@ def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
     model = Decay(jnp.array(3.0))
     straight = din.fit(model, ts, ys, **options)
 
-    train_step = din_train._train_step
+    train_step = din_optimise._train_step
     calls = 0
 
     def interrupted_in_fifth_epoch(*args):
@@ -249,7 +249,7 @@ def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return train_step(*args)
 
-    monkeypatch.setattr(din_train, "_train_step", interrupted_in_fifth_epoch)
+    monkeypatch.setattr(din_optimise, "_train_step", interrupted_in_fifth_epoch)
     path = tmp_path / "run.eqx"
     with pytest.warns(RuntimeWarning, match="interrupted in epoch 4"):
         stopped = din.fit(model, ts, ys, checkpoint=path, **options)
@@ -260,7 +260,7 @@ def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
     best_epoch = int(np.argmin(straight.losses[:4]))
     best = din.fit(model, ts, ys, **{**options, "epochs": best_epoch})
     assert stopped.model.rate == best.model.rate
-    monkeypatch.setattr(din_train, "_train_step", train_step)
+    monkeypatch.setattr(din_optimise, "_train_step", train_step)
     resumed = din.fit(model, ts, ys, checkpoint=path, **options)
     np.testing.assert_array_equal(resumed.losses, straight.losses)
     assert resumed.model.rate == straight.model.rate
