@@ -1,7 +1,8 @@
 """Work-precision with adaptive steps: HIRES, van der Pol (mu = 1000) and a neural
 vector field (a fixed random MLP with 32 states) at rtol from 1e-4 to 1e-10, for
-`RadauIIA5` (with and without Jacobian reuse) and `RadauIIA3` against Diffrax's
-`Kvaerno5` (same `PIDController`) and SciPy's `Radau` and `BDF`.
+`RadauIIA5` (with and without Jacobian reuse, with `PIDController` and with this
+package's `PredictiveController`) and `RadauIIA3` against Diffrax's `Kvaerno5` (same
+`PIDController`) and SciPy's `Radau` and `BDF`.
 
     python benchmarks/adaptive.py            # full run, several minutes
     python benchmarks/adaptive.py --quick    # smoke run
@@ -20,7 +21,8 @@ Writes `docs/benchmarks/adaptive.md` and `docs/benchmarks/adaptive.png`.
   evaluation, its JVP rule on each Jacobian (forward-mode Jacobians are counted as
   Jacobians, not as n evaluations), and `lineax.LU`'s factorisation on each run. For
   SciPy, `nfev`, `njev` and `nlu`.
-- Times: compile time is `jit(...).lower(...).compile()`; warm time is the median of
+- Times: compile time is `jit(...).lower(...).compile()`, as wall time and as the
+  process's CPU time (all threads); warm time is the median of
   several runs of the compiled solve, waited for with `jax.block_until_ready`. The
   tolerance is a traced argument, so each solver compiles once per problem.
 """
@@ -65,20 +67,29 @@ import matplotlib.pyplot as plt
 RTOLS = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
 QUICK_RTOLS = (1e-5, 1e-8)
 # The smoke run skips RadauIIA3 and uses a cheaper reference.
-QUICK_SOLVERS = ("RadauIIA5", "diffrax.Kvaerno5")
+QUICK_SOLVERS = ("RadauIIA5", "RadauIIA5 (predictive)", "diffrax.Kvaerno5")
 QUICK_REFERENCE_RTOL = 1e-11
 MAX_STEPS = 200_000
 
+# name: (solver, step-size controller)
 JAX_SOLVERS = {
-    "RadauIIA5": din.RadauIIA5,
-    "RadauIIA5 (no reuse)": functools.partial(din.RadauIIA5, reuse_jacobian=False),
-    "RadauIIA3": din.RadauIIA3,
-    "diffrax.Kvaerno5": diffrax.Kvaerno5,
+    "RadauIIA5": (din.RadauIIA5, diffrax.PIDController),
+    "RadauIIA5 (predictive)": (din.RadauIIA5, din.PredictiveController),
+    "RadauIIA5 (no reuse)": (
+        functools.partial(din.RadauIIA5, reuse_jacobian=False),
+        diffrax.PIDController,
+    ),
+    "RadauIIA3": (din.RadauIIA3, diffrax.PIDController),
+    "diffrax.Kvaerno5": (diffrax.Kvaerno5, diffrax.PIDController),
 }
+# The rows of the matched-error table.
+OUR_SOLVERS = ("RadauIIA5", "RadauIIA5 (predictive)")
 SCIPY_METHODS = ("Radau", "BDF")
 
 
-def make_solve(problem: Problem, solver: diffrax.AbstractSolver, vector_field):
+def make_solve(
+    problem: Problem, solver: diffrax.AbstractSolver, controller_cls, vector_field
+):
     def solve(rtol):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(vector_field),
@@ -87,9 +98,7 @@ def make_solve(problem: Problem, solver: diffrax.AbstractSolver, vector_field):
             problem.t1,
             None,
             jnp.asarray(problem.y0),
-            stepsize_controller=diffrax.PIDController(
-                rtol=rtol, atol=rtol * problem.scale
-            ),
+            stepsize_controller=controller_cls(rtol=rtol, atol=rtol * problem.scale),
             max_steps=MAX_STEPS,
             throw=False,
         )
@@ -149,22 +158,28 @@ def run_jax(
     reference = reference_solution(problem, reference_rtol)
     records = []
     for name in solvers:
-        solver_cls = JAX_SOLVERS[name]
+        solver_cls, controller_cls = JAX_SOLVERS[name]
         solver = solver_cls()
         example_rtol = jnp.asarray(rtols[0])
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         solve = (
-            jax.jit(make_solve(problem, solver, problem.vector_field))
+            jax.jit(make_solve(problem, solver, controller_cls, problem.vector_field))
             .lower(example_rtol)
             .compile()
         )
         compile_time = time.perf_counter() - start
+        compile_cpu = time.process_time() - start_cpu
 
         counts = dict(fevals=0, jacobians=0, lus=0)
         with counting_lu_factorisations(counts):
             counting_solve = (
                 jax.jit(
-                    make_solve(problem, solver, counting_vector_field(problem, counts))
+                    make_solve(
+                        problem,
+                        solver,
+                        controller_cls,
+                        counting_vector_field(problem, counts),
+                    )
                 )
                 .lower(example_rtol)
                 .compile()
@@ -188,6 +203,7 @@ def run_jax(
                     jacobians=counts["jacobians"],
                     lus=counts["lus"],
                     compile=compile_time,
+                    compile_cpu=compile_cpu,
                     time=median_time(lambda: solve(rtol_array), repeats),
                 )
             )
@@ -227,6 +243,7 @@ def run_scipy(
                     jacobians=sol.njev,
                     lus=sol.nlu,
                     compile=np.nan,
+                    compile_cpu=np.nan,
                     time=median_time(solve, repeats),
                 )
             )
@@ -254,7 +271,7 @@ def matched_error_table(records: list[dict], problems: list[Problem]) -> str:
         mine = [r for r in records if r["problem"] == problem.name]
         for r in mine:
             r["steps"] = r["accepted"]
-        ours = [r for r in mine if r["solver"] == "RadauIIA5" and r["success"]]
+        ours = [r for r in mine if r["solver"] in OUR_SOLVERS and r["success"]]
         kvaerno = [r for r in mine if r["solver"] == "diffrax.Kvaerno5"]
         radau = [r for r in mine if r["solver"] == "scipy Radau"]
         for r in ours:
@@ -263,6 +280,7 @@ def matched_error_table(records: list[dict], problems: list[Problem]) -> str:
             rows.append(
                 [
                     problem.name,
+                    r["solver"],
                     f"{r['rtol']:.0e}",
                     f"{r['error']:.2e}",
                     r["time"] * 1e3,
@@ -275,12 +293,13 @@ def matched_error_table(records: list[dict], problems: list[Problem]) -> str:
     return markdown_table(
         [
             "problem",
+            "solver",
             "rtol",
-            "RadauIIA5 error",
-            "RadauIIA5 warm (ms)",
+            "error",
+            "warm (ms)",
             "Kvaerno5 warm at same error (ms)",
             "time ratio",
-            "RadauIIA5 accepted steps",
+            "accepted steps",
             "scipy Radau accepted steps at same error",
         ],
         rows,
@@ -302,6 +321,7 @@ def results_table(records: list[dict]) -> str:
                 r["jacobians"],
                 r["lus"],
                 r["compile"],
+                r["compile_cpu"],
                 r["time"] * 1e3,
             ]
         )
@@ -316,7 +336,8 @@ def results_table(records: list[dict]) -> str:
             "f evals",
             "Jacobians",
             "LUs",
-            "compile (s)",
+            "compile wall (s)",
+            "compile CPU (s)",
             "warm (ms)",
         ],
         rows,
@@ -379,16 +400,21 @@ def main():
     plot(records, problems, OUTPUT_DIR / f"adaptive{suffix}.png")
     text = (
         f"{machine_description()}\n\n"
-        "Adaptive steps, `PIDController(rtol, atol)` with atol = rtol x scale "
+        "Adaptive steps, `PIDController(rtol, atol)` (or, for `RadauIIA5 "
+        "(predictive)`, this package's `PredictiveController(rtol, atol)`, which "
+        "keeps h for proposed factors in [1, 1.2] so that the factorised Newton "
+        "matrix is reused) with atol = rtol x scale "
         f"(HIRES {HIRES.scale:g}, van der Pol {VAN_DER_POL.scale:g}), the same "
         "tolerances for SciPy. Error: largest componentwise relative error at t1 "
         f"against SciPy `Radau` at rtol = {reference_rtol:g}. SciPy uses the "
         "analytic Jacobian and does not report rejected steps. JAX f evaluations "
         "and their Jacobians and LU factorisations are counted in a separate run "
-        "(`RadauIIA5` keeps a Jacobian while Newton converges fast with it; "
+        "(`RadauIIA5` keeps a Jacobian while Newton converges fast with it, and its "
+        "LU factorisations while h is also unchanged; "
         "`RadauIIA5 (no reuse)` takes one per attempted step). The neural problem's "
         f"error is relative to max(|y|, {NEURAL.error_floor:g}). Warm time: median of "
-        f"{jax_repeats} (JAX) or {scipy_repeats} (SciPy) runs.\n\n"
+        f"{jax_repeats} (JAX) or {scipy_repeats} (SciPy) runs. Compile: "
+        "`jit(...).lower(...).compile()` of the solve, wall and process CPU time.\n\n"
         f"{results_table(records)}\n\n"
         "At matched error (log-log interpolation between the other solver's runs; "
         "– where its runs do not reach that error):\n\n"

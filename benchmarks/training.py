@@ -17,9 +17,11 @@ Adam update per optimiser step. Variants:
   vector field per step, W-transformed (one real and one complex n x n LU); gradients
   by the implicit function theorem with the exact stage Jacobian built from n
   Jacobian-vector products.
-- `package-checkpointed`: the same solver through a plain `diffeqsolve` with
-  Diffrax's default `RecursiveCheckpointAdjoint`, which recomputes the step in the
-  backward pass.
+- `drop-in`: the same solver as a Diffrax user would write it: a plain
+  `diffeqsolve(ODETerm(f), RadauIIA5(root_finder=SimplifiedNewton(...)), ...,
+  stepsize_controller=ConstantStepSize())` with Diffrax's default
+  `RecursiveCheckpointAdjoint` (which recomputes the step in the backward pass) and
+  the solver's defaults (Jacobian reuse on).
 - `textbook`: written here. Full Newton on the 3n stage system
   `Z - h (A kron I) f(y0 + Z) = 0` with `optimistix.Newton`, which builds a fresh
   forward-mode Jacobian of the whole 3n residual (`jax.jacfwd`-equivalent) and a
@@ -69,7 +71,9 @@ NEWTON_TOL = 1e-10
 KVAERNO5_NEWTON_TOL = 1e-8
 WIDTH = 32
 LEARNING_RATE = 1e-3
-VARIANTS = ("package", "package-checkpointed", "textbook", "kvaerno5")
+VARIANTS = ("package", "drop-in", "textbook", "kvaerno5")
+# `--same-process` times these together, interleaved, in this process.
+SAME_PROCESS_VARIANTS = ("package", "drop-in", "textbook")
 ATTEMPTS = 3
 
 _SQRT6 = np.sqrt(6)
@@ -134,7 +138,7 @@ def package_step(field, y0, dt):
     return _interval_step(field, _radau5(), y0, dt)
 
 
-def package_checkpointed_step(field, y0, dt):
+def drop_in_step(field, y0, dt):
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         _radau5(),
@@ -178,7 +182,7 @@ def textbook_step(field, y0, dt):
 
 STEPS = {
     "package": package_step,
-    "package-checkpointed": package_checkpointed_step,
+    "drop-in": drop_in_step,
     "textbook": textbook_step,
     "kvaerno5": kvaerno5_step,
 }
@@ -249,6 +253,69 @@ def measure(variant: str, num_windows: int, num_steps: int) -> dict:
     )
 
 
+def measure_together(num_windows: int, num_steps: int) -> list[dict]:
+    """Times `SAME_PROCESS_VARIANTS` in this process, on all its cores, one optimiser
+    step of each in turn, so that they share the machine's load; wall and CPU time
+    (all threads) per step."""
+    starts, ends, dt = make_windows(num_windows)
+    starts, ends = jnp.asarray(starts), jnp.asarray(ends)
+    field = VectorField(jax.random.key(0))
+    optimiser = optax.adam(LEARNING_RATE)
+    opt_state = optimiser.init(eqx.filter(field, eqx.is_array))
+    compiled = {}
+    for variant in SAME_PROCESS_VARIANTS:
+        train_step = make_train_step(variant, optimiser)
+        start = time.perf_counter()
+        compiled[variant] = train_step.lower(
+            field, opt_state, starts, ends, dt
+        ).compile()
+        print(f"{variant}: compiled in {time.perf_counter() - start:.1f} s", flush=True)
+        jax.block_until_ready(compiled[variant](field, opt_state, starts, ends, dt))
+    walls = {variant: [] for variant in SAME_PROCESS_VARIANTS}
+    cpus = {variant: [] for variant in SAME_PROCESS_VARIANTS}
+    for _ in range(num_steps):
+        for variant in SAME_PROCESS_VARIANTS:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(compiled[variant](field, opt_state, starts, ends, dt))
+            walls[variant].append(time.perf_counter() - start)
+            cpus[variant].append(time.process_time() - start_cpu)
+    return [
+        dict(
+            variant=variant,
+            median=float(np.median(walls[variant])),
+            min=float(np.min(walls[variant])),
+            cpu_median=float(np.median(cpus[variant])),
+        )
+        for variant in SAME_PROCESS_VARIANTS
+    ]
+
+
+def same_process_table(records: list[dict]) -> str:
+    textbook = next(r for r in records if r["variant"] == "textbook")
+    rows = [
+        [
+            r["variant"],
+            r["median"] * 1e3,
+            r["min"] * 1e3,
+            r["cpu_median"] * 1e3,
+            r["median"] / textbook["median"],
+            r["cpu_median"] / textbook["cpu_median"],
+        ]
+        for r in records
+    ]
+    return markdown_table(
+        [
+            "variant",
+            "step median (ms)",
+            "step min (ms)",
+            "CPU median (ms)",
+            "time / textbook",
+            "CPU / textbook",
+        ],
+        rows,
+    )
+
+
 def _pin_to_one_core():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
@@ -291,6 +358,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, < 1 min")
     parser.add_argument("--windows", type=int, default=None)
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help=f"only time {', '.join(SAME_PROCESS_VARIANTS)} together in one process",
+    )
     # Internal: measure one variant and print its record as JSON.
     parser.add_argument("--measure", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -302,6 +374,16 @@ def main():
         # `kill -USR1 <pid>` prints where a stuck measurement is.
         faulthandler.register(signal.SIGUSR1)
         print(json.dumps(measure(args.measure, num_windows, num_steps)))
+        return
+
+    if args.same_process:
+        faulthandler.dump_traceback_later(600, exit=True)
+        records = measure_together(num_windows, num_steps)
+        print(
+            f"{machine_description()}\n\n{num_windows} windows, {num_steps} "
+            "interleaved optimiser steps per variant, in one process on all its "
+            f"cores:\n\n{same_process_table(records)}"
+        )
         return
 
     records = [measure_in_subprocess(v, num_windows, num_steps) for v in VARIANTS]

@@ -25,6 +25,7 @@ from ._solver import (
     RadauIIA13 as RadauIIA13,
     Trapezoid as Trapezoid,
 )
+from ._step_size_controller import PredictiveController as PredictiveController
 from ._symbolic import (
     coefficients as coefficients,
     equations_table as equations_table,

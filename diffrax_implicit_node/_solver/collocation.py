@@ -383,6 +383,35 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
         return True
 
 
+class _AtRoot(optx.AbstractRootFinder):
+    """Takes its starting point as the root, without iterating: `optx.root_find` with
+    it and an `ImplicitAdjoint` attaches the implicit-function-theorem derivative to
+    stages found elsewhere, without tangents. However many Newton solves a step tried
+    (a reused Jacobian, then a fresh one), its derivative is then one linear solve,
+    and the backward pass (or a checkpointed adjoint's recomputation) holds no
+    residuals of the attempts."""
+
+    rtol: float = 0.0
+    atol: float = 0.0
+    norm: Callable[[PyTree], Array] = optx.rms_norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del fn, y, args, options, f_struct, aux_struct, tags
+        return None
+
+    def step(self, fn, y, args, options, state, tags):
+        del fn, args, options, tags
+        return y, state, None
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, y, args, options, state, tags
+        return jnp.array(True), optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, args, options, state, tags, result
+        return y, aux, {}
+
+
 class CollocationStep(NamedTuple):
     """What one step of a collocation solver computed, for its error estimate."""
 
@@ -455,8 +484,9 @@ class _CollocationState(eqx.Module):
     # The previous step's size (0 before the first step) and collocation polynomial.
     previous_dt: Float[Array, ""]
     dense_coeffs: Float[Array, "stages n"]
-    # `h J` for the previous step's `h`.
+    # `h J` for the previous step's `h`, and the Newton matrix factorised from it.
     hjac: Float[Array, "n n"]
+    newton_matrix: "_CollocationNewtonMatrix"
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
     jacobian_current: Bool[Array, ""]
@@ -540,14 +570,26 @@ class AbstractCollocationSolver(
             "`y0` contains non-finite values (NaN or infinity).",
         )
         size = y0_flat.shape[0]
-        # A placeholder: the first step evaluates a Jacobian, as `jacobian_current` is
-        # false.
+        # Placeholders: the first step evaluates a Jacobian and factorises, as
+        # `jacobian_current` is false.
         hjac = jnp.zeros((size, size), dtype=y0_flat.dtype)
         return _CollocationState(
             previous_dt=dt,
             dense_coeffs=jnp.zeros((stages, size), dtype=y0_flat.dtype),
             hjac=hjac,
+            newton_matrix=self._placeholder_newton_matrix(hjac),
             jacobian_current=jnp.array(False),
+        )
+
+    def _placeholder_newton_matrix(self, hjac: Array) -> _CollocationNewtonMatrix:
+        """A Newton matrix of the right structure, all zeros, without factorising."""
+        shapes = eqx.filter_eval_shape(
+            lambda hjac: _CollocationNewtonMatrix(self.tableau, hjac), hjac
+        )
+        return jax.tree_util.tree_map(
+            lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
+            shapes,
+            is_leaf=lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct),
         )
 
     def step(
@@ -575,10 +617,14 @@ class AbstractCollocationSolver(
         with jax.numpy_dtype_promotion("standard"):
             dt = jnp.asarray(t1 - t0, dtype=solver_state.previous_dt.dtype)
         hf0 = hf(t0, y0_flat, terms, t0, t1, args)
+        residual_args = (terms, t0, t1, y0_flat, args, hf0)
+        differentiable, static = eqx.partition(residual_args, eqx.is_inexact_array)
+        # The Newton solves see no tangents; `_AtRoot` attaches the derivative below.
+        frozen_args = eqx.combine(lax.stop_gradient(differentiable), static)
 
         def fresh_hjac():
-            hjac = jax.jacfwd(lambda y: hf(t0, y, terms, t0, t1, args))(y0_flat)
-            return lax.stop_gradient(hjac)
+            terms, t0, t1, y0_flat, args, _ = frozen_args
+            return jax.jacfwd(lambda y: hf(t0, y, terms, t0, t1, args))(y0_flat)
 
         c_implicit = jnp.asarray(tableau.c_implicit)
         a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
@@ -609,15 +655,10 @@ class AbstractCollocationSolver(
                 stage_residual,
                 self.root_finder,
                 starting_stages,
-                (terms, t0, t1, y0_flat, args, hf0),
+                frozen_args,
                 options=options,
                 max_steps=self.root_find_max_steps,
                 throw=False,
-                adjoint=optx.ImplicitAdjoint(
-                    linear_solver=_StageJacobianLU(
-                        tuple(map(tuple, tableau.a_implicit.tolist()))
-                    )
-                ),
             )
 
         if uses_newton_matrix and self.reuse_jacobian:
@@ -632,7 +673,18 @@ class AbstractCollocationSolver(
             newton_matrix = _CollocationNewtonMatrix(tableau, hjac)
             solution = solve_stages(newton_matrix)
             jacobian_current = jnp.array(False)
-        stages = solution.value
+        stages = optx.root_find(
+            stage_residual,
+            _AtRoot(),
+            solution.value,
+            residual_args,
+            throw=False,
+            adjoint=optx.ImplicitAdjoint(
+                linear_solver=_StageJacobianLU(
+                    tuple(map(tuple, tableau.a_implicit.tolist()))
+                )
+            ),
+        ).value
         # hf(Yᵢ) = A⁻¹ Z: exact for the collocation polynomial, and no extra evaluation.
         with jax.numpy_dtype_promotion("standard"):
             implicit_derivatives = jnp.asarray(tableau.a_implicit_inv, dtype=dtype) @ (
@@ -668,6 +720,7 @@ class AbstractCollocationSolver(
             previous_dt=dt,
             dense_coeffs=dense_coeffs,
             hjac=hjac,
+            newton_matrix=newton_matrix,
             jacobian_current=jacobian_current,
         )
         return unravel(y1_flat), unravel(error), dense_info, new_state, result
@@ -680,14 +733,16 @@ class AbstractCollocationSolver(
         fresh_hjac: Callable[[], Array],
         solve_stages: Callable[[_CollocationNewtonMatrix], optx.Solution],
     ) -> tuple[Array, _CollocationNewtonMatrix, optx.Solution]:
-        """Solves the stage equations with the previous step's Jacobian, rescaled to
-        this step, where Newton's method converged fast with it (as Hairer & Wanner's
-        RADAU5 and SciPy's `Radau` do). Should Newton's method then fail, the step is
-        retried at once with a fresh Jacobian, rather than rejected.
+        """Solves the stage equations with the previous step's Jacobian where Newton's
+        method converged fast with it (as Hairer & Wanner's RADAU5 and SciPy's `Radau`
+        do): with its factorised Newton matrix as it is if the step size is unchanged
+        (as a [`diffrax_implicit_node.PredictiveController`][] often keeps it), else
+        rescaled to the new step size and factorised anew. Should Newton's method then
+        fail, the step is retried at once with a fresh Jacobian, rather than rejected.
 
         Under `vmap`, a conditional whose predicate differs between batch elements
         evaluates both branches; so the batch shares each decision, and takes a fresh
-        Jacobian where any of its elements needs one.
+        Jacobian (or factorisation) where any of its elements needs one.
         """
         keep = (
             state.jacobian_current
@@ -695,12 +750,21 @@ class AbstractCollocationSolver(
             & jnp.invert(jnp.asarray(made_jump))
         )
         refresh = eqxi.unvmap_any(jnp.invert(keep))
+        # Up to the round-off of `t1 - t0` in the step-size controller.
+        same_dt = jnp.abs(dt - state.previous_dt) <= 1e-10 * jnp.abs(dt)
+        refactorise = eqxi.unvmap_any(jnp.invert(keep & same_dt))
         safe_previous_dt = jnp.where(state.previous_dt != 0, state.previous_dt, 1)
-        # Exact for `ODETerm`, whose h f is linear in h.
-        hjac = lax.cond(
-            refresh, fresh_hjac, lambda: state.hjac * (dt / safe_previous_dt)
+
+        def factorise():
+            # Rescaling is exact for `ODETerm`, whose h f is linear in h.
+            hjac = lax.cond(
+                refresh, fresh_hjac, lambda: state.hjac * (dt / safe_previous_dt)
+            )
+            return hjac, _CollocationNewtonMatrix(self.tableau, hjac)
+
+        hjac, newton_matrix = lax.cond(
+            refactorise, factorise, lambda: (state.hjac, state.newton_matrix)
         )
-        newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
         solution = solve_stages(newton_matrix)
         retry = eqxi.unvmap_any(
             (solution.result != optx.RESULTS.successful) & jnp.invert(refresh)
