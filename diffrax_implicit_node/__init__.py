@@ -14,6 +14,7 @@ from ._pinet import PiNet as PiNet
 from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
+    AdaptiveRadau as AdaptiveRadau,
     BackwardEuler as BackwardEuler,
     CollocationTableau as CollocationTableau,
     LobattoIIIC4 as LobattoIIIC4,
