@@ -15,6 +15,7 @@ from ._rk4 import RK4 as RK4
 from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
+    AdaptiveRadau as AdaptiveRadau,
     BackwardEuler as BackwardEuler,
     CollocationTableau as CollocationTableau,
     LobattoIIIC4 as LobattoIIIC4,

@@ -1,6 +1,6 @@
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
 from equinox.internal import ω
-from jaxtyping import Array, Bool, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 
 class AbstractNewtonMatrix(eqx.Module):
@@ -280,3 +280,26 @@ SimplifiedNewton.__init__.__doc__ = """**Arguments:**
 - `linear_solver`: The Lineax solver used to factorise the Jacobian when no Newton
     matrix is passed in `options`.
 """
+
+
+class NewtonConvergence(NamedTuple):
+    """How a [`diffrax_implicit_node.SimplifiedNewton`][] solve converged."""
+
+    # Newton iterations taken.
+    iterations: Int[Array, ""]
+    # The last contraction rate `θ = ‖Δₖ‖ / ‖Δₖ₋₁‖`: 0 where the first iteration was
+    # already exact, infinite where the iteration failed.
+    rate: Float[Array, ""]
+
+
+def newton_convergence(solution: optx.Solution) -> NewtonConvergence:
+    """The iteration count and last contraction rate of a
+    [`diffrax_implicit_node.SimplifiedNewton`][] solve."""
+    state: _SimplifiedNewtonState = solution.state
+    # Before the second iteration `diffsize_prev` is infinite, and the rate 0.
+    rate = state.diffsize / state.diffsize_prev
+    succeeded = (solution.result == optx.RESULTS.successful) & jnp.isfinite(rate)
+    return NewtonConvergence(
+        iterations=jnp.asarray(state.step),
+        rate=jnp.where(succeeded, rate, jnp.inf),
+    )

@@ -1,3 +1,4 @@
+from .adaptive_radau import AdaptiveRadau as AdaptiveRadau
 from .backward_euler import BackwardEuler as BackwardEuler
 from .collocation import (
     AbstractCollocationSolver as AbstractCollocationSolver,

@@ -604,6 +604,31 @@ class AbstractCollocationSolver(
     ) -> tuple[
         PyTree[Array], PyTree[Array], dict[str, PyTree[Array]], _CollocationState, Any
     ]:
+        y1, error, dense_info, new_state, result, _ = self.step_and_stage_solution(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        return y1, error, dense_info, new_state, result
+
+    def step_and_stage_solution(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree[Array],
+        args: PyTree,
+        solver_state: _CollocationState,
+        made_jump: Bool[ArrayLike, ""],
+    ) -> tuple[
+        PyTree[Array],
+        PyTree[Array],
+        dict[str, PyTree[Array]],
+        _CollocationState,
+        Any,
+        optx.Solution,
+    ]:
+        """`step`, and also the root finder's solution of the stage equations (whose
+        statistics, e.g. how fast Newton's method converged, steer
+        [`diffrax_implicit_node.AdaptiveRadau`][]'s choice of order)."""
         tableau = self.tableau
         y0_flat, unravel = ravel_pytree(y0)
         dtype = y0_flat.dtype
@@ -723,7 +748,7 @@ class AbstractCollocationSolver(
             newton_matrix=newton_matrix,
             jacobian_current=jacobian_current,
         )
-        return unravel(y1_flat), unravel(error), dense_info, new_state, result
+        return unravel(y1_flat), unravel(error), dense_info, new_state, result, solution
 
     def _solve_with_reuse(
         self,
