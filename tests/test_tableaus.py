@@ -285,3 +285,33 @@ def test_simplified_newton_reports_its_contraction_rate():
         expected_rate, rel=1e-2
     )
     assert int(solution.stats["num_steps"]) > 5
+
+
+# The embedded estimate with s stages is of order s: the estimate of one step scales
+# as h^(s+1), Diffrax's `error_order`.
+ESTIMATE_STEPS = {
+    din.LobattoIIIC4: (0.04, 0.02, 0.01),
+    din.RadauIIA9: (0.05, 0.035, 0.025),
+    din.RadauIIA13: (0.08, 0.056, 0.04),
+}
+
+
+@pytest.mark.parametrize("solver_cls", NEW_SOLVERS)
+def test_error_estimate_order(solver_cls):
+    step = jax.jit(
+        lambda h: one_step(
+            tight(solver_cls, 1e-13),
+            _oscillator,
+            0.0,
+            h,
+            jnp.array([1.0, 0.5, -1.0]),
+            None,
+        )[1]
+    )
+    sizes = ESTIMATE_STEPS[solver_cls]
+    estimates = [float(jnp.max(jnp.abs(step(jnp.array(h))))) for h in sizes]
+    assert min(estimates) > 1e-13
+    assert slope([1 / h for h in sizes], estimates) == pytest.approx(
+        len(solver_cls.tableau.c) + 1, abs=0.3
+    )
+    assert solver_cls.tableau.error_order == len(solver_cls.tableau.c) + 1
