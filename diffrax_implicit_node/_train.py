@@ -239,7 +239,8 @@ class _Residuals(eqx.Module):
 
     def __call__(
         self, trainable: PyTree, indices: Int[Array, " b"] | None = None
-    ) -> Float[Array, " b*n"]:
+    ) -> Float[Array, " residuals"]:
+        # One residual per component of each interval (all, or those of `indices`).
         intervals = self.intervals
         if indices is not None:
             intervals = jax.tree.map(lambda x: x[indices], intervals)
@@ -252,7 +253,7 @@ class _Residuals(eqx.Module):
             steps_per_interval=self.steps_per_interval,
             args=self.args,
         )
-        residuals = ((predictions - intervals.y1) / self.scale).ravel()
+        residuals = ((predictions - intervals.y1) / self.scale[None]).ravel()
         # The end state of a failed solve is meaningless: count it as infinitely far
         # off, which stops a first-order optimiser and makes a trust region shrink.
         return jnp.where(jnp.all(succeeded), residuals, jnp.inf)
@@ -273,13 +274,16 @@ def _train_step(
     grads_finite = jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
-    if isinstance(optimiser, optax.GradientTransformationExtraArgs):
-        # Line-search optimisers such as `optax.lbfgs` need the loss function.
-        updates, opt_state = optimiser.update(
-            grads, opt_state, trainable, value=loss, grad=grads, value_fn=loss_fn
-        )
-    else:
-        updates, opt_state = optimiser.update(grads, opt_state, trainable)
+    # Optax mixes its int32 step counters with default-width integers and floats, which
+    # strict dtype promotion refuses: let its update promote as JAX does by default.
+    with jax.numpy_dtype_promotion("standard"):
+        if isinstance(optimiser, optax.GradientTransformationExtraArgs):
+            # Line-search optimisers such as `optax.lbfgs` need the loss function.
+            updates, opt_state = optimiser.update(
+                grads, opt_state, trainable, value=loss, grad=grads, value_fn=loss_fn
+            )
+        else:
+            updates, opt_state = optimiser.update(grads, opt_state, trainable)
     trainable = eqx.apply_updates(trainable, updates)
     return trainable, opt_state, loss, grads_finite
 
