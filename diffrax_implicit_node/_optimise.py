@@ -89,13 +89,16 @@ def _train_step(
     grads_finite = jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
-    if isinstance(optimiser, optax.GradientTransformationExtraArgs):
-        # Line-search optimisers such as `optax.lbfgs` need the loss function.
-        updates, opt_state = optimiser.update(
-            grads, opt_state, trainable, value=loss, grad=grads, value_fn=loss_fn
-        )
-    else:
-        updates, opt_state = optimiser.update(grads, opt_state, trainable)
+    # Optax mixes its int32 step counters with default-width integers and floats, which
+    # strict dtype promotion refuses: let its update promote as JAX does by default.
+    with jax.numpy_dtype_promotion("standard"):
+        if isinstance(optimiser, optax.GradientTransformationExtraArgs):
+            # Line-search optimisers such as `optax.lbfgs` need the loss function.
+            updates, opt_state = optimiser.update(
+                grads, opt_state, trainable, value=loss, grad=grads, value_fn=loss_fn
+            )
+        else:
+            updates, opt_state = optimiser.update(grads, opt_state, trainable)
     trainable = eqx.apply_updates(trainable, updates)
     return trainable, opt_state, loss, grads_finite
 

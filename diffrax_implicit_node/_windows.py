@@ -151,7 +151,8 @@ class Residuals(eqx.Module):
 
     def __call__(
         self, trainable: PyTree, indices: Int[Array, " b"] | None = None
-    ) -> Float[Array, " b*n"]:
+    ) -> Float[Array, " residuals"]:
+        # One residual per component of each window (all, or those of `indices`).
         windows = self.windows
         if indices is not None:
             windows = jax.tree.map(lambda x: x[indices], windows)

@@ -2,8 +2,10 @@ import json
 import subprocess
 import sys
 
+import diffrax_implicit_node as din
 import numpy as np
 import pytest
+import sympy
 from diffrax_implicit_node._cli import main
 
 
@@ -95,9 +97,19 @@ def test_reproduce_writes_json(tmp_path, capsys):
     assert result["epochs"] == 3 and result["solver"] == "radau5"
     # The example's own defaults.
     assert result["optimiser"] == "lbfgs" and result["steps_per_interval"] == 1
-    coefficients = result["equations"]["x0"]["coefficients"]
-    assert coefficients["x0"]["true"] == -1000.0
-    assert coefficients["1"]["relative_error"] >= 0
+    equation = result["equations"]["x0"]
+    coefficients = equation["coefficients"]
+    assert coefficients.keys() == {"x0", "1"}
+    assert coefficients["x0"]["true"] == -1000.0 and coefficients["1"]["true"] == 3000.0
+    # The learned coefficients are those of the learned equation, and each error is
+    # theirs.
+    (x0,) = sympy.symbols("x0:1")
+    learned = din.coefficients(sympy.sympify(equation["learned"]), (x0,))
+    for monomial, row in coefficients.items():
+        assert row["learned"] == pytest.approx(learned[monomial], rel=1e-12)
+        assert row["relative_error"] == pytest.approx(
+            abs(row["learned"] - row["true"]) / abs(row["true"]), rel=1e-12
+        )
 
 
 def test_module_entry_point():

@@ -80,10 +80,13 @@ def test_equations_table():
     true = [-1002.0 * X0 + 1000.0 * X1**2, X0 - X1 - X1**2]
     learned = [-1001.98765 * X0 + 999.9 * X1**2, 1.0001 * X0 - X1 - X1**2]
     text = din.equations_table({"true": true, "learned": learned}, digits=5)
-    lines = text.splitlines()
-    assert lines[0].split("|")[1].strip() == "true"
-    assert lines[1].startswith("x0'") and "-1002.0*x0" in lines[1]
-    assert "-1002.0*x0" in lines[1] and "999.9*x1**2" in lines[1]
+    # Each column rounded to 5 significant digits (-1001.98765 to -1002.0).
+    cells = [[cell.strip() for cell in line.split("|")] for line in text.splitlines()]
+    assert cells == [
+        ["", "true", "learned"],
+        ["x0'", "-1002.0*x0 + 1000.0*x1**2", "-1002.0*x0 + 999.9*x1**2"],
+        ["x1'", "x0 - x1**2 - x1", "1.0001*x0 - x1**2 - x1"],
+    ]
     markdown = din.equations_table({"true": true}, format="markdown")
     assert markdown.splitlines()[2].startswith(r"| $\dot{x_{0}}$ | $")
     latex = din.equations_table({"true": true}, format="latex")

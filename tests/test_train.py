@@ -1,5 +1,4 @@
 import dataclasses
-import time
 from typing import Any
 
 import diffrax
@@ -13,6 +12,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import pytest
+from helpers import without_runtime_type_checks
 
 
 def test_recovers_stiff_linear_system_with_radau5():
@@ -20,7 +20,6 @@ def test_recovers_stiff_linear_system_with_radau5():
     # h λ = -43: far outside the stability region of any explicit method.
     example = din.EXAMPLES["linear"]
     ts, ys = example.data(94)
-    start = time.perf_counter()
     result = din.fit(
         example.model(jr.key(0)),
         ts,
@@ -30,7 +29,6 @@ def test_recovers_stiff_linear_system_with_radau5():
         epochs=300,
         progress=False,
     )
-    assert time.perf_counter() - start < 60
     assert not result.stopped_early
     assert result.losses.shape == (300,) and result.losses[-1] < 1e-3 * result.losses[0]
     (comparison,) = example.compare(din.to_sympy(result.model.learned))
@@ -193,7 +191,7 @@ def test_interval_predictions_gradients_match_checkpointed_diffeqsolve():
     ],
 )
 def test_bad_data(ts, ys, match):
-    with pytest.raises(ValueError, match=match):
+    with without_runtime_type_checks(), pytest.raises(ValueError, match=match):
         din.fit(
             Decay(jnp.array(1.0)),
             np.asarray(ts),
@@ -224,7 +222,7 @@ def test_bad_options(options, match):
     arguments: dict[str, Any] = dict(
         solver=din.RK4(), optimiser=optax.adam(1e-3), epochs=1, progress=False
     )
-    with pytest.raises(ValueError, match=match):
+    with without_runtime_type_checks(), pytest.raises(ValueError, match=match):
         din.fit(Decay(jnp.array(1.0)), ts, ys, **(arguments | options))
 
 
