@@ -1,5 +1,6 @@
 from importlib.metadata import version as _version
 
+from . import _citation as _citation  # Registers the solvers with `diffrax.citation`.
 from ._examples import (
     Example as Example,
     EXAMPLES as EXAMPLES,

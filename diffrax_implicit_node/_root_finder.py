@@ -72,11 +72,25 @@ class SimplifiedNewton(optx.AbstractRootFinder):
     returned `RESULTS`, so that an adaptive step-size controller can reject the step
     and retry with a smaller one.
 
-    When used inside a solver of this package, the solver passes an already factorised
-    (W-transformed) Newton matrix through `options=dict(newton_matrix=...)`, and a
-    reference value through `options=dict(scale_reference=...)` against which `rtol` is
-    measured. Used on its own, it computes and LU-factorises the Jacobian of `fn` at the
-    initial point, i.e. it is the chord method.
+    Used on its own, it computes and LU-factorises the Jacobian of `fn` at the initial
+    point, i.e. it is the chord method. The solvers of this package instead pass the
+    Newton matrix they have already factorised (W-transformed), through `options`.
+
+    This solver optionally accepts the following `options`:
+
+    - `newton_matrix`: An (approximate) Jacobian of `fn`, already factorised: an
+        `equinox.Module` whose method `solve(residual)` returns `J⁻¹ residual` and an
+        `optimistix.RESULTS`. It is used in place of the Jacobian at the initial point.
+    - `scale_reference`: A PyTree of arrays like `y`, against whose absolute value
+        `rtol` is measured (the solution at the start of the step, for the solvers of
+        this package). Defaults to the initial point.
+    - `max_steps`: The `max_steps` of the solve, if any. The iteration then gives up as
+        soon as its contraction rate predicts that the remaining iterations will not
+        reach the tolerance.
+
+    Besides Optimistix's `num_steps` and `max_steps`, the statistics of the solution
+    (`optimistix.Solution.stats`) hold `contraction_rate`, the last ratio
+    `‖Δₖ‖ / ‖Δₖ₋₁‖` (0 or NaN after fewer than two iterations).
 
     ??? cite "Reference"
 
@@ -234,7 +248,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         tags: frozenset[object],
         result: optx.RESULTS,
     ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
-        return y, aux, {}
+        return y, aux, dict(contraction_rate=state.diffsize / state.diffsize_prev)
 
 
 def newton_matrix_worth_keeping(solution: optx.Solution) -> Bool[Array, ""]:
@@ -243,9 +257,9 @@ def newton_matrix_worth_keeping(solution: optx.Solution) -> Bool[Array, ""]:
     at most two iterations or with a contraction rate of at most `10⁻³` (the rule of
     SciPy's `Radau`; Hairer & Wanner's RADAU5 uses the rate alone).
     """
-    state: _SimplifiedNewtonState = solution.state
-    rate = state.diffsize / state.diffsize_prev
-    fast = (state.step <= 2) | (rate <= 1e-3)
+    fast = (solution.stats["num_steps"] <= 2) | (
+        solution.stats["contraction_rate"] <= 1e-3
+    )
     return (solution.result == optx.RESULTS.successful) & fast
 
 
@@ -253,7 +267,7 @@ SimplifiedNewton.__init__.__doc__ = """**Arguments:**
 
 - `rtol`: Relative tolerance, against `options["scale_reference"]` if given (the
     solution at the start of the step, for the solvers of this package) and against the
-    iterate otherwise.
+    initial point otherwise.
 - `atol`: Absolute tolerance.
 - `norm`: The norm in which increments are measured, e.g. `optimistix.rms_norm`.
 - `kappa`: The iteration stops once its predicted remaining error is below `kappa`

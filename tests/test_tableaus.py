@@ -6,6 +6,7 @@ import diffrax_implicit_node as din
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 import scipy.linalg
 from helpers import (
@@ -179,6 +180,7 @@ def test_single_step_matches_naive_newton(solver_cls):
     np.testing.assert_allclose(y1, reference, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver_cls", (din.RadauIIA9, din.RadauIIA13))
 def test_gradients_match_finite_differences(solver_cls):
     def loss(params):
@@ -238,3 +240,78 @@ def test_adaptive_stiff_kaps(solver_cls):
     error = np.max(np.abs(solution.ys[-1] - kaps_exact(2.0)) / kaps_exact(2.0))
     assert error < 100 * rtol
     assert solution.stats["num_accepted_steps"] < 200
+
+
+# --- Citations -----------------------------------------------------------------------
+
+CITATIONS = {
+    din.BackwardEuler: ("hairer1996solving",),
+    din.Trapezoid: ("hairer1993solving",),
+    din.RadauIIA3: ("ehle1969pade", "hairer1996solving"),
+    din.RadauIIA5: ("ehle1969pade", "hairer1996solving"),
+    din.RadauIIA9: ("ehle1969pade", "hairer1999stiff"),
+    din.RadauIIA13: ("ehle1969pade", "hairer1999stiff"),
+    din.LobattoIIIC4: ("chipman1971astable", "axelsson1972note"),
+}
+
+
+@pytest.mark.parametrize("solver_cls", tuple(CITATIONS))
+def test_diffrax_citation_prints_the_method(solver_cls, capsys):
+    diffrax.citation(solver=solver_cls())
+    printed = capsys.readouterr().out
+    ours = printed[printed.index(f"the {solver_cls.__name__} solver") :]
+    for key in CITATIONS[solver_cls]:
+        assert f"{{{key}," in ours
+    # The paper that the learning half follows is not the solvers' origin.
+    assert "fronk" not in printed
+
+
+# --- SimplifiedNewton's statistics ---------------------------------------------------
+
+
+def test_simplified_newton_reports_its_contraction_rate():
+    # x³ + x - 1 = 0 from x = 1: the chord method converges linearly, with the rate
+    # |1 - g'(x*) / g'(1)| = |1 - (3x*² + 1) / 4| (x* ≈ 0.6823).
+    solution = optx.root_find(
+        lambda x, args: x**3 + x - 1,
+        din.SimplifiedNewton(rtol=1e-12, atol=1e-12),
+        jnp.array(1.0),
+        max_steps=100,
+    )
+    root = 0.6823278038280193
+    assert float(solution.value) == pytest.approx(root, abs=1e-10)
+    expected_rate = abs(1 - (3 * root**2 + 1) / 4)
+    assert float(solution.stats["contraction_rate"]) == pytest.approx(
+        expected_rate, rel=1e-2
+    )
+    assert int(solution.stats["num_steps"]) > 5
+
+
+# The embedded estimate with s stages is of order s: the estimate of one step scales
+# as h^(s+1), Diffrax's `error_order`.
+ESTIMATE_STEPS = {
+    din.LobattoIIIC4: (0.04, 0.02, 0.01),
+    din.RadauIIA9: (0.05, 0.035, 0.025),
+    din.RadauIIA13: (0.08, 0.056, 0.04),
+}
+
+
+@pytest.mark.parametrize("solver_cls", NEW_SOLVERS)
+def test_error_estimate_order(solver_cls):
+    step = jax.jit(
+        lambda h: one_step(
+            tight(solver_cls, 1e-13),
+            _oscillator,
+            0.0,
+            h,
+            jnp.array([1.0, 0.5, -1.0]),
+            None,
+        )[1]
+    )
+    sizes = ESTIMATE_STEPS[solver_cls]
+    estimates = [float(jnp.max(jnp.abs(step(jnp.array(h))))) for h in sizes]
+    assert min(estimates) > 1e-13
+    assert slope([1 / h for h in sizes], estimates) == pytest.approx(
+        len(solver_cls.tableau.c) + 1, abs=0.3
+    )
+    assert solver_cls.tableau.error_order == len(solver_cls.tableau.c) + 1

@@ -79,8 +79,8 @@ class CollocationTableau(eqx.Module):
     def __init__(
         self,
         *,
-        c: ArrayLike,
-        a: ArrayLike,
+        c: np.ndarray,
+        a: np.ndarray,
         order: int,
         error_filter_shift: float | None = None,
         error_estimate: "AbstractErrorEstimate | None" = None,
@@ -95,8 +95,10 @@ class CollocationTableau(eqx.Module):
         - `error_filter_shift`: `1 / γ₀`, where the error estimate is filtered through
             `(I - γ₀ hJ)⁻¹`. Defaults to the real eigenvalue of the inverse of the
             implicit part of `a`, whose Newton system the filter then reuses.
-        - `error_estimate`: How a step estimates its local error; defaults to
-            [`diffrax_implicit_node.EmbeddedErrorEstimate`][].
+        - `error_estimate`: How a step estimates its local error. Defaults to the
+            stiffly filtered embedded estimate of Hairer & Wanner (IV.8.19-20),
+            generalised to `s` stages (of order `s`), which needs every stage
+            implicit; the trapezoidal rule brings its own (see its source).
         """
         c, a = _checked_coefficients(c, a)
         self.c = c
@@ -175,7 +177,9 @@ class CollocationTableau(eqx.Module):
         return self.error_estimate(self, step)
 
 
-def _checked_coefficients(c: ArrayLike, a: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _checked_coefficients(
+    c: np.ndarray, a: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """`c` and `a` as float64 arrays, or a `ValueError` that names what is wrong."""
     c = np.asarray(c, dtype=np.float64)
     a = np.asarray(a, dtype=np.float64)
