@@ -134,6 +134,51 @@ VAN_DER_POL = Problem(
 )
 
 
+def _robertson(y, xp):
+    y1, y2, y3 = y
+    return xp.stack(
+        [
+            -0.04 * y1 + 1e4 * y2 * y3,
+            0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2,
+            3e7 * y2**2,
+        ]
+    )
+
+
+def robertson_vector_field(t, y, args):
+    del t, args
+    return _robertson(y, jnp)
+
+
+def _robertson_numpy(t, y):
+    del t
+    return _robertson(y, np)
+
+
+def _robertson_jacobian_numpy(t, y):
+    del t
+    _, y2, y3 = y
+    return np.array(
+        [
+            [-0.04, 1e4 * y3, 1e4 * y2],
+            [0.04, -1e4 * y3 - 6e7 * y2, -1e4 * y2],
+            [0.0, 6e7 * y2, 0.0],
+        ]
+    )
+
+
+ROBERTSON = Problem(
+    name="Robertson",
+    vector_field=robertson_vector_field,
+    rhs_numpy=_robertson_numpy,
+    jacobian_numpy=_robertson_jacobian_numpy,
+    y0=(1.0, 0.0, 0.0),
+    t0=0.0,
+    t1=1e5,
+    # y2 peaks at 4e-5 and is 1e-8 at t1; y1 and y3 are of order one.
+    scale=1e-8,
+)
+
 # A neural vector field, the case this package is for: a fixed random MLP with two
 # hidden layers of width 256 (tanh) on top of linear decay with rates from 1 to 1000.
 # Its Jacobian costs 32 forward-mode passes through the MLP, so reusing it pays.

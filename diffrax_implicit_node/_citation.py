@@ -3,7 +3,7 @@ import re
 
 import diffrax
 
-from ._solver import AbstractCollocationSolver
+from ._solver import AbstractCollocationSolver, AdaptiveRadau
 
 
 _BIBTEX = re.compile(r"```bibtex([^`]*)```")
@@ -12,7 +12,7 @@ _BIBTEX = re.compile(r"```bibtex([^`]*)```")
 def _collocation_solver(solver):
     """Makes `diffrax.citation(solver=...)` print the references in the `??? cite`
     block of a solver of this package, as it does for Diffrax's own solvers."""
-    if not isinstance(solver, AbstractCollocationSolver):
+    if not isinstance(solver, (AbstractCollocationSolver, AdaptiveRadau)):
         return None
     solver_cls = type(solver)
     references = [

@@ -295,11 +295,9 @@ class NewtonConvergence(NamedTuple):
 def newton_convergence(solution: optx.Solution) -> NewtonConvergence:
     """The iteration count and last contraction rate of a
     [`diffrax_implicit_node.SimplifiedNewton`][] solve."""
-    state: _SimplifiedNewtonState = solution.state
-    # Before the second iteration `diffsize_prev` is infinite, and the rate 0.
-    rate = state.diffsize / state.diffsize_prev
+    rate = solution.stats["contraction_rate"]
     succeeded = (solution.result == optx.RESULTS.successful) & jnp.isfinite(rate)
     return NewtonConvergence(
-        iterations=jnp.asarray(state.step),
+        iterations=jnp.asarray(solution.stats["num_steps"]),
         rate=jnp.where(succeeded, rate, jnp.inf),
     )

@@ -24,8 +24,10 @@ from .radau_iia13 import RadauIIA13
 class _AdaptiveRadauState(eqx.Module):
     """What an accepted step hands to the next one."""
 
-    # The shared collocation state, its polynomial zero-padded to the most stages.
-    collocation: _CollocationState
+    # One collocation state per method, each with the collocation polynomial of the
+    # last step (whichever method took it), zero-padded to the most stages; only the
+    # method that took the last step may keep its Jacobian (and what it factorised).
+    collocation: tuple[_CollocationState, ...]
     # The method for the next step, as an index into the allowed methods.
     method: Int[Array, ""]
     # The contraction rate of Newton's method, smoothed over steps.
@@ -164,16 +166,15 @@ class AdaptiveRadau(
         args: PyTree,
     ) -> _AdaptiveRadauState:
         methods = self._allowed_methods()
-        collocation = methods[0].init(terms, t0, t1, y0, args)
-        dtype = collocation.dense_coeffs.dtype
+        stages = self._most_stages()
+        collocation = tuple(
+            _with_padded_polynomial(method.init(terms, t0, t1, y0, args), stages)
+            for method in methods
+        )
         return _AdaptiveRadauState(
-            collocation=eqx.tree_at(
-                lambda s: s.dense_coeffs,
-                collocation,
-                _pad_stages(collocation.dense_coeffs, self._most_stages()),
-            ),
+            collocation=collocation,
             method=jnp.array(0),
-            rate=jnp.zeros((), dtype=dtype),
+            rate=jnp.zeros((), dtype=collocation[0].dense_coeffs.dtype),
             steps_with_method=jnp.array(0),
         )
 
@@ -206,12 +207,12 @@ class AdaptiveRadau(
             jnp.where(finished, -(len(methods) - 1), -solver_state.method)
         )
 
-        def branch(solver: AbstractCollocationSolver):
+        def branch(index: int):
             def run():
-                y1, error, dense_info, state, result, solution = (
-                    solver.step_and_stage_solution(
-                        terms, t0, t1, y0, args, solver_state.collocation, made_jump
-                    )
+                y1, error, dense_info, state, result, solution = methods[
+                    index
+                ].step_and_stage_solution(
+                    terms, t0, t1, y0, args, solver_state.collocation[index], made_jump
                 )
                 dense_info = dict(
                     y0=dense_info["y0"],
@@ -219,24 +220,27 @@ class AdaptiveRadau(
                         lambda c: _pad_stages(c, stages), dense_info["coeffs"]
                     ),
                 )
-                state = eqx.tree_at(
-                    lambda s: s.dense_coeffs,
-                    state,
-                    _pad_stages(state.dense_coeffs, stages),
+                state = _with_padded_polynomial(state, stages)
+                # The other methods get this step's size and polynomial, for their
+                # starting guess, but not its Jacobian: should they step next, they
+                # take a fresh one.
+                collocation = tuple(
+                    state
+                    if other == index
+                    else eqx.tree_at(
+                        lambda s: (s.previous_dt, s.dense_coeffs, s.jacobian_current),
+                        solver_state.collocation[other],
+                        (state.previous_dt, state.dense_coeffs, jnp.array(False)),
+                    )
+                    for other in range(len(methods))
                 )
-                return (
-                    y1,
-                    error,
-                    dense_info,
-                    state,
-                    result,
-                    newton_convergence(solution),
-                )
+                convergence = newton_convergence(solution)
+                return y1, error, dense_info, collocation, result, convergence
 
             return run
 
         y1, error, dense_info, collocation, result, convergence = lax.switch(
-            method, [branch(solver) for solver in methods]
+            method, [branch(index) for index in range(len(methods))]
         )
         error_orders = [solver.tableau.error_order for solver in methods]
         exponent = jnp.asarray([error_orders[0] / q for q in error_orders])[method]
@@ -245,7 +249,7 @@ class AdaptiveRadau(
             solver_state,
             method,
             len(methods),
-            collocation.previous_dt,
+            collocation[0].previous_dt,
             convergence,
             finished,
         )
@@ -303,7 +307,7 @@ class AdaptiveRadau(
             10, jnp.maximum(convergence.rate.astype(dtype), state.rate / 2)
         ).astype(dtype)
         steps = jnp.where(method == state.method, state.steps_with_method, 0) + 1
-        previous_dt = state.collocation.previous_dt
+        previous_dt = state.collocation[0].previous_dt
         safe_previous_dt = jnp.where(previous_dt != 0, previous_dt, 1)
         step_ratio = dt / safe_previous_dt
         steady = (
@@ -336,6 +340,12 @@ class AdaptiveRadau(
         args: PyTree,
     ) -> PyTree[Array]:
         return terms.vf(t0, y0, args)
+
+
+def _with_padded_polynomial(state: _CollocationState, stages: int) -> _CollocationState:
+    return eqx.tree_at(
+        lambda s: s.dense_coeffs, state, _pad_stages(state.dense_coeffs, stages)
+    )
 
 
 def _pad_stages(coeffs: Array, stages: int) -> Array:
