@@ -13,7 +13,7 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Shaped
 
 from .._custom_types import RealScalarLike
 from .._interpolation import LocalPolynomialInterpolation
@@ -165,13 +165,85 @@ def embedded_error_weights(c: np.ndarray, a: np.ndarray, gamma0: float) -> np.nd
     return a_inv.T @ weight_difference + gamma0 * a_inv[-1]
 
 
+class _LUFactorisation(eqx.Module):
+    """`P M = L U`, factorised by LAPACK and solved by substitution in plain JAX.
+
+    XLA:CPU (jaxlib 0.10-0.11) runs a batched LAPACK call over a large batch (e.g. a
+    `vmap` over a thousand training windows) by splitting it over its thread pool
+    and blocking the calling pool thread until the pieces finish. Two such calls that
+    run at the same time can block every thread of the pool, and the program hangs.
+    So the triangular solves, which run in every Newton iteration, stay out of
+    LAPACK, and `factorise_in_sequence` orders the factorisations of one step.
+    """
+
+    lu: Shaped[Array, "n n"]  # L below the diagonal (unit diagonal), U on and above
+    permutation: Int[Array, " n"]  # (P M)[i] = M[permutation[i]]
+
+    def solve(self, vector: Shaped[Array, " n"], transpose: bool = False) -> Array:
+        """Solves `M x = vector`, or `Mᵀ x = vector` with `transpose=True`."""
+        if transpose:
+            # Mᵀ = Uᵀ Lᵀ P: solve with Uᵀ (lower), then with Lᵀ (upper, unit).
+            lower = _substitute(self.lu.T, vector, lower=True, unit_diagonal=False)
+            upper = _substitute(self.lu.T, lower, lower=False, unit_diagonal=True)
+            return jnp.zeros_like(upper).at[self.permutation].set(upper)
+        permuted = vector[self.permutation]
+        lower = _substitute(self.lu, permuted, lower=True, unit_diagonal=True)
+        return _substitute(self.lu, lower, lower=False, unit_diagonal=False)
+
+
+def _factorise(matrix: Shaped[Array, "n n"]) -> _LUFactorisation:
+    lu, _, permutation = lax.linalg.lu(matrix)
+    return _LUFactorisation(lu, permutation)
+
+
+def factorise_in_sequence(
+    matrices: tuple[Shaped[Array, "n n"], ...],
+) -> tuple[_LUFactorisation, ...]:
+    """LU-factorises `matrices`, each only once the previous one is done.
+
+    Each matrix gets an exact zero added that XLA cannot see through (derived from
+    the previous factorisation's permutation, whose entries are never negative):
+    the data dependency keeps XLA from running two LAPACK calls at the same time.
+    (`lax.optimization_barrier` does not order operations on XLA:CPU.)
+    """
+    factorisations: list[_LUFactorisation] = []
+    for matrix in matrices:
+        if factorisations:
+            previous = factorisations[-1].permutation[0]
+            matrix = matrix + jnp.minimum(previous, 0).astype(matrix.dtype)
+        factorisations.append(_factorise(matrix))
+    return tuple(factorisations)
+
+
+def _substitute(
+    triangle: Shaped[Array, "n n"],
+    vector: Shaped[Array, " n"],
+    *,
+    lower: bool,
+    unit_diagonal: bool,
+) -> Shaped[Array, " n"]:
+    """Solves `triangle x = vector` by forward (`lower`) or back substitution,
+    reading only the lower or upper triangle of `triangle`."""
+    size = vector.shape[0]
+    columns = jnp.arange(size)
+
+    def substitute_row(k, solution):
+        row = k if lower else size - 1 - k
+        known = (columns < row) if lower else (columns > row)
+        value = vector[row] - jnp.where(known, triangle[row], 0) @ solution
+        if not unit_diagonal:
+            value = value / triangle[row, row]
+        return solution.at[row].set(value)
+
+    return lax.fori_loop(0, size, substitute_row, jnp.zeros_like(vector))
+
+
 class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     """`I - (A ⊗ hJ)` for the implicit stages, factorised through the eigenvalues of
     `A⁻¹`: `(A⁻¹ ⊗ I - I ⊗ hJ) = (T ⊗ I)(Λ ⊗ I - I ⊗ hJ)(T⁻¹ ⊗ I) `.
     """
 
-    operators: tuple[lx.MatrixLinearOperator, ...]
-    states: tuple[PyTree[Any], ...]
+    factorisations: tuple[_LUFactorisation, ...]
     to_eigenbasis: Array  # T⁻¹ A⁻¹
     from_eigenbasis: Array  # T
     system_of_stage: tuple[int, ...] = eqx.field(static=True)
@@ -182,15 +254,14 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     def __init__(self, tableau: CollocationTableau, hjac: Float[Array, "n n"]):
         complex_dtype = _complex_dtype(hjac.dtype)
         identity = jnp.eye(hjac.shape[0], dtype=hjac.dtype)
-        operators = []
+        matrices = []
         for shift in tableau.shifts:
             if shift.imag == 0:
                 matrix = shift.real * identity - hjac
             else:
                 matrix = shift * identity - hjac.astype(complex_dtype)
-            operators.append(lx.MatrixLinearOperator(matrix))
-        self.operators = tuple(operators)
-        self.states = tuple(lx.LU().init(op, {}) for op in operators)
+            matrices.append(matrix)
+        self.factorisations = factorise_in_sequence(tuple(matrices))
         self.to_eigenbasis = jnp.asarray(
             tableau.transform_inv @ tableau.a_implicit_inv, dtype=complex_dtype
         )
@@ -200,42 +271,36 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
         self.error_filter_shift = tableau.error_filter_shift
         self.error_filter_system = tableau.error_filter_system
 
-    def solve_shifted(self, system: int, vector: Array) -> tuple[Array, lx.RESULTS]:
+    def solve_shifted(self, system: int, vector: Array) -> Array:
         """Solves `(shifts[system] I - hJ) x = vector`."""
-        operator = self.operators[system]
-        if not jnp.issubdtype(operator.matrix.dtype, jnp.complexfloating):
+        factorisation = self.factorisations[system]
+        if not jnp.issubdtype(factorisation.lu.dtype, jnp.complexfloating):
             # A real shift: the transformed right-hand side is real up to round-off.
             vector = jnp.real(vector)
-        vector = vector.astype(operator.matrix.dtype)
-        solution = lx.linear_solve(
-            operator, vector, lx.LU(), state=self.states[system], throw=False
-        )
-        return solution.value, solution.result
+        return factorisation.solve(vector.astype(factorisation.lu.dtype))
 
     def solve(self, residual: Float[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
         transformed = self.to_eigenbasis @ residual.astype(self.to_eigenbasis.dtype)
         solved = {}
-        result = lx.RESULTS.successful
         for k, (system, conjugate) in enumerate(
             zip(self.system_of_stage, self.conjugate_stage)
         ):
             if not conjugate:
-                value, system_result = self.solve_shifted(system, transformed[k])
+                value = self.solve_shifted(system, transformed[k])
                 solved[system] = value.astype(transformed.dtype)
-                result = lx.RESULTS.where(
-                    result == lx.RESULTS.successful, system_result, result
-                )
         # Conjugate eigenvalues have conjugate right-hand sides, hence solutions.
         pieces = [
             solved[system].conj() if conjugate else solved[system]
             for system, conjugate in zip(self.system_of_stage, self.conjugate_stage)
         ]
         increments = self.from_eigenbasis @ jnp.stack(pieces)
-        return increments.real.astype(residual.dtype), optx.RESULTS.promote(result)
+        # A singular Newton matrix shows as non-finite increments, which the root
+        # finder reports as a failure.
+        return increments.real.astype(residual.dtype), optx.RESULTS.successful
 
     def solve_error_filter(self, vector: Array) -> Array:
         """Applies `(I - γ₀ hJ)⁻¹`, with `γ₀ = 1 / error_filter_shift`."""
-        value, _ = self.solve_shifted(
+        value = self.solve_shifted(
             self.error_filter_system, self.error_filter_shift * vector
         )
         return value.real.astype(vector.dtype)
@@ -255,12 +320,14 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
     Perturbing every stage by the same unit vector `eₖ` instead gives
     `eₖ - (A ⊗ I)[h Jⱼ eₖ]ⱼ`, from which `A⁻¹` recovers column `k` of every stage
     Jacobian `h Jⱼ` at once: `n` products in all, with nothing approximated.
+    (Solved like the Newton matrices: see `_LUFactorisation`.)
     """
 
     # Static, hence hashable: the implicit part of the tableau's `a`, row by row.
     a_implicit: tuple[tuple[float, ...], ...] = eqx.field(static=True)
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        del options
         structure = operator.in_structure()
         stages, size = structure.shape
         dtype = structure.dtype
@@ -276,23 +343,28 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
         matrix = jnp.eye(stages * size, dtype=dtype) - jnp.einsum(
             "ij,jpq->ipjq", jnp.asarray(a_implicit, dtype=dtype), stage_jacobians
         ).reshape(stages * size, stages * size)
-        return lx.LU().init(lx.MatrixLinearOperator(matrix), options)
+        return _factorise(matrix), eqxi.Static(False)
 
     def compute(self, state, vector: Array, options: dict[str, Any]):
-        solution, result, stats = lx.LU().compute(state, vector.reshape(-1), options)
+        del options
+        factorisation, transpose = state
+        solution = factorisation.solve(vector.reshape(-1), transpose=transpose.value)
         # Only a step whose Newton iteration failed (singular or non-finite Newton
         # matrix) gets here a non-finite solution. Such a step has no derivative, and
         # its result already reports the failure: give it a zero tangent. Optimistix
         # would throw on a non-finite one, aborting a whole batch of solves, or a
         # least-squares optimiser that merely tried a bad step.
         solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0)
-        return solution.reshape(vector.shape), result, stats
+        return solution.reshape(vector.shape), lx.RESULTS.successful, {}
 
     def transpose(self, state, options: dict[str, Any]):
-        return lx.LU().transpose(state, options)
+        factorisation, transpose = state
+        return (factorisation, eqxi.Static(not transpose.value)), options
 
     def conj(self, state, options: dict[str, Any]):
-        return lx.LU().conj(state, options)
+        factorisation, transpose = state
+        lu, permutation = factorisation.lu.conj(), factorisation.permutation
+        return (_LUFactorisation(lu, permutation), transpose), options
 
     def assume_full_rank(self) -> bool:
         return True
