@@ -337,19 +337,6 @@ def test_wrong_vector_field_shape():
         )
 
 
-def test_complex_state_is_refused():
-    with pytest.raises(ValueError, match="real state"):
-        diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: -y),
-            tight(din.RadauIIA3),
-            0.0,
-            1.0,
-            0.1,
-            jnp.ones(2, dtype=jnp.complex128),
-            stepsize_controller=diffrax.ConstantStepSize(),
-        )
-
-
 def test_solver_contract():
     term = diffrax.ODETerm(linear_vector_field)
     for solver_cls in SOLVERS:

@@ -13,7 +13,7 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Float, Inexact, Int, PyTree, Shaped
 
 from .._custom_types import RealScalarLike
 from .._interpolation import LocalPolynomialInterpolation
@@ -238,6 +238,48 @@ def _substitute(
     return lax.fori_loop(0, size, substitute_row, jnp.zeros_like(vector))
 
 
+class _EigenSystems(NamedTuple):
+    """Which `n × n` systems `(λ I - hJ) x = b` a Newton iteration solves: one per
+    entry of `shifts`; stage `k` of the transformed system solves
+    `system_of_stage[k]`, conjugating the solution where `conjugate_stage[k]`."""
+
+    shifts: tuple[complex, ...]
+    system_of_stage: tuple[int, ...]
+    conjugate_stage: tuple[bool, ...]
+    error_filter_system: int
+
+
+def _eigen_systems(tableau: CollocationTableau, complex_state: bool) -> _EigenSystems:
+    """For a real state, the tableau's: a complex-conjugate pair of eigenvalues has
+    conjugate right-hand sides, hence conjugate solutions, and shares one solve. For
+    a complex state it does not: one system per eigenvalue."""
+    if not complex_state:
+        return _EigenSystems(
+            tableau.shifts,
+            tableau.system_of_stage,
+            tableau.conjugate_stage,
+            tableau.error_filter_system,
+        )
+    eigenvalues = [
+        tableau.shifts[system].conjugate() if conjugate else tableau.shifts[system]
+        for system, conjugate in zip(tableau.system_of_stage, tableau.conjugate_stage)
+    ]
+    error_filter = [
+        stage
+        for stage, (system, conjugate) in enumerate(
+            zip(tableau.system_of_stage, tableau.conjugate_stage)
+        )
+        if system == tableau.error_filter_system and not conjugate
+    ]
+    if not error_filter:
+        eigenvalues.append(tableau.shifts[tableau.error_filter_system])
+        error_filter = [len(eigenvalues) - 1]
+    stages = len(tableau.system_of_stage)
+    return _EigenSystems(
+        tuple(eigenvalues), tuple(range(stages)), (False,) * stages, error_filter[0]
+    )
+
+
 class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     """`I - (A ⊗ hJ)` for the implicit stages, factorised through the eigenvalues of
     `A⁻¹`: `(A⁻¹ ⊗ I - I ⊗ hJ) = (T ⊗ I)(Λ ⊗ I - I ⊗ hJ)(T⁻¹ ⊗ I) `.
@@ -251,11 +293,15 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     error_filter_shift: float = eqx.field(static=True)
     error_filter_system: int = eqx.field(static=True)
 
-    def __init__(self, tableau: CollocationTableau, hjac: Float[Array, "n n"]):
+    def __init__(self, tableau: CollocationTableau, hjac: Inexact[Array, "n n"]):
         complex_dtype = _complex_dtype(hjac.dtype)
+        systems = _eigen_systems(
+            tableau, jnp.issubdtype(hjac.dtype, jnp.complexfloating)
+        )
+        # (Real for a real shift and a real state.)
         identity = jnp.eye(hjac.shape[0], dtype=hjac.dtype)
         matrices = []
-        for shift in tableau.shifts:
+        for shift in systems.shifts:
             if shift.imag == 0:
                 matrix = shift.real * identity - hjac
             else:
@@ -266,10 +312,10 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
             tableau.transform_inv @ tableau.a_implicit_inv, dtype=complex_dtype
         )
         self.from_eigenbasis = jnp.asarray(tableau.transform, dtype=complex_dtype)
-        self.system_of_stage = tableau.system_of_stage
-        self.conjugate_stage = tableau.conjugate_stage
+        self.system_of_stage = systems.system_of_stage
+        self.conjugate_stage = systems.conjugate_stage
         self.error_filter_shift = tableau.error_filter_shift
-        self.error_filter_system = tableau.error_filter_system
+        self.error_filter_system = systems.error_filter_system
 
     def solve_shifted(self, system: int, vector: Array) -> Array:
         """Solves `(shifts[system] I - hJ) x = vector`."""
@@ -279,7 +325,7 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
             vector = jnp.real(vector)
         return factorisation.solve(vector.astype(factorisation.lu.dtype))
 
-    def solve(self, residual: Float[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
+    def solve(self, residual: Inexact[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
         transformed = self.to_eigenbasis @ residual.astype(self.to_eigenbasis.dtype)
         solved = {}
         for k, (system, conjugate) in enumerate(
@@ -296,18 +342,26 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
         increments = self.from_eigenbasis @ jnp.stack(pieces)
         # A singular Newton matrix shows as non-finite increments, which the root
         # finder reports as a failure.
-        return increments.real.astype(residual.dtype), optx.RESULTS.successful
+        return _like(increments, residual), optx.RESULTS.successful
 
     def solve_error_filter(self, vector: Array) -> Array:
         """Applies `(I - γ₀ hJ)⁻¹`, with `γ₀ = 1 / error_filter_shift`."""
         value = self.solve_shifted(
             self.error_filter_system, self.error_filter_shift * vector
         )
-        return value.real.astype(vector.dtype)
+        return _like(value, vector)
 
 
 def _complex_dtype(dtype) -> jnp.dtype:
     return jnp.result_type(dtype, jnp.complex64)
+
+
+def _like(value: Inexact[Array, "*shape"], like: Inexact[Array, "*shape"]) -> Array:
+    """`value` in the dtype of `like`, dropping the imaginary part (round-off) where
+    `like` is real."""
+    if not jnp.issubdtype(like.dtype, jnp.complexfloating):
+        value = jnp.real(value)
+    return value.astype(like.dtype)
 
 
 class _StageJacobianLU(lx.AbstractLinearSolver):
@@ -376,17 +430,17 @@ class CollocationStep(NamedTuple):
     t0: RealScalarLike
     t1: RealScalarLike
     hf: Callable[[RealScalarLike, Array], Array]  # (t, y) -> h f(t, y), flat arrays
-    y0: Float[Array, " n"]
-    stages: Float[Array, "m n"]  # Zᵢ = Yᵢ - y0, implicit stages only
-    stage_derivatives: Float[Array, "s n"]  # h f(Yᵢ), all stages
-    dense_coeffs: Float[Array, "s n"]
-    hf0: Float[Array, " n"]
+    y0: Inexact[Array, " n"]
+    stages: Inexact[Array, "m n"]  # Zᵢ = Yᵢ - y0, implicit stages only
+    stage_derivatives: Inexact[Array, "s n"]  # h f(Yᵢ), all stages
+    dense_coeffs: Inexact[Array, "s n"]
+    hf0: Inexact[Array, " n"]
     newton_matrix: _CollocationNewtonMatrix
 
 
 def embedded_error_estimate(
     step: CollocationStep, weights: np.ndarray
-) -> Float[Array, " n"]:
+) -> Inexact[Array, " n"]:
     """Hairer & Wanner's stiffly filtered estimate (IV.8.19-20), filtered twice.
 
     The first filtering alone tends to `-y0` in the very stiff limit, which would
@@ -409,9 +463,9 @@ class _CollocationState(eqx.Module):
 
     # The previous step's size (0 before the first step) and collocation polynomial.
     previous_dt: Float[Array, ""]
-    dense_coeffs: Float[Array, "stages n"]
+    dense_coeffs: Inexact[Array, "stages n"]
     # `h J` for the previous step's `h`.
-    hjac: Float[Array, "n n"]
+    hjac: Inexact[Array, "n n"]
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
     jacobian_current: Bool[Array, ""]
@@ -452,7 +506,7 @@ class AbstractCollocationSolver(
     reuse_jacobian: AbstractVar[bool]
 
     @abc.abstractmethod
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
+    def _estimate_error(self, step: CollocationStep) -> Inexact[Array, " n"]:
         """The local error estimate of the step, as a flat array."""
 
     def order(self, terms: PyTree[diffrax.AbstractTerm]) -> int:
@@ -478,15 +532,10 @@ class AbstractCollocationSolver(
                 f"{type(self).__name__} is solving in {y0_flat.dtype}. Stiff problems "
                 "usually need float64: Newton's method and the error estimate lose "
                 "most of their digits to the stiffness. Enable it with "
-                '`jax.config.update("jax_enable_x64", True)` and a float64 `y0`.',
+                '`jax.config.update("jax_enable_x64", True)` and a float64 (or, for a '
+                "complex state, complex128) `y0`.",
                 LowPrecisionWarning,
                 stacklevel=2,
-            )
-        if jnp.issubdtype(y0_flat.dtype, jnp.complexfloating):
-            # The W-transformation pairs conjugate stages, which needs real states.
-            raise ValueError(
-                f"{type(self).__name__} needs a real state; split a complex `y0` into "
-                "its real and imaginary parts."
             )
         stages = len(self.tableau.c)
         dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
@@ -534,7 +583,12 @@ class AbstractCollocationSolver(
         hf0 = hf(t0, y0_flat, terms, t0, t1, args)
 
         def fresh_hjac():
-            hjac = jax.jacfwd(lambda y: hf(t0, y, terms, t0, t1, args))(y0_flat)
+            # A complex state needs a vector field that is holomorphic in it (as
+            # Diffrax's implicit solvers assume): `J` is its complex derivative.
+            hjac = jax.jacfwd(
+                lambda y: hf(t0, y, terms, t0, t1, args),
+                holomorphic=jnp.issubdtype(dtype, jnp.complexfloating),
+            )(y0_flat)
             return lax.stop_gradient(hjac)
 
         c_implicit = jnp.asarray(tableau.c_implicit)
@@ -676,7 +730,7 @@ class AbstractCollocationSolver(
         t1: RealScalarLike,
         solver_state: _CollocationState,
         made_jump: Bool[ArrayLike, ""],
-    ) -> Float[Array, "m n"]:
+    ) -> Inexact[Array, "m n"]:
         """Extrapolates the previous step's collocation polynomial to this step's
         stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`."""
         previous_dt = lax.stop_gradient(solver_state.previous_dt)

@@ -3,7 +3,7 @@ from typing import ClassVar
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
+from jaxtyping import Array, Inexact
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
@@ -74,7 +74,7 @@ class RadauIIA5(AbstractCollocationSolver):
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
 
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
+    def _estimate_error(self, step: CollocationStep) -> Inexact[Array, " n"]:
         return embedded_error_estimate(step, _ERROR_WEIGHTS)
 
 

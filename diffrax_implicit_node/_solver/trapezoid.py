@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
+from jaxtyping import Array, Inexact
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
@@ -59,7 +59,7 @@ class Trapezoid(AbstractCollocationSolver):
     root_find_max_steps: int = 10
     reuse_jacobian: bool = True
 
-    def _estimate_error(self, step: CollocationStep) -> Float[Array, " n"]:
+    def _estimate_error(self, step: CollocationStep) -> Inexact[Array, " n"]:
         with jax.numpy_dtype_promotion("standard"):
             midpoint_time = step.t0 + 0.5 * (step.t1 - step.t0)
             midpoint_value = (
