@@ -39,6 +39,7 @@ jax.config.update("jax_enable_x64", True)
 
 import diffrax
 import diffrax_implicit_node as din
+import diffrax_implicit_node._solver.collocation as collocation
 import jax.numpy as jnp
 import lineax as lx
 import matplotlib
@@ -137,19 +138,30 @@ def counting_vector_field(problem: Problem, counts: dict[str, int]):
 
 @contextlib.contextmanager
 def counting_lu_factorisations(counts: dict[str, int]):
-    """Makes every Lineax LU factorisation traced inside count itself when it runs
-    (all the JAX solvers here factorise through `lineax.LU`)."""
+    """Makes every LU factorisation traced inside count itself when it runs: Lineax's
+    (Diffrax's solvers) and the package's own (`_factorise`, which calls LAPACK
+    directly; see docs/further_details/xla_cpu_hang.md)."""
     original_init = lx.LU.init
+    original_factorise = collocation._factorise
+
+    def count():
+        jax.debug.callback(lambda: counts.update(lus=counts["lus"] + 1))
 
     def init(self, operator, options):
-        jax.debug.callback(lambda: counts.update(lus=counts["lus"] + 1))
+        count()
         return original_init(self, operator, options)
 
+    def factorise(matrix):
+        count()
+        return original_factorise(matrix)
+
     lx.LU.init = init
+    collocation._factorise = factorise
     try:
         yield
     finally:
         lx.LU.init = original_init
+        collocation._factorise = original_factorise
 
 
 def run_jax(

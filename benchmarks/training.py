@@ -323,12 +323,10 @@ def _pin_to_one_core():
 def measure_in_subprocess(variant: str, num_windows: int, num_steps: int) -> dict:
     command = [sys.executable, __file__, "--measure", variant]
     command += ["--windows", str(num_windows), "--steps", str(num_steps)]
-    # Each measurement runs on one core. With two, XLA's CPU runtime deadlocks on
-    # programs with several batched LAPACK calls (LU factorisations and triangular
-    # solves, as in every implicit solver here) and large batches: the main thread
-    # waits in `Execute` while every worker of XLA's thread pool is idle (see the
-    # README). A pool of one thread cannot deadlock this way. A measurement takes
-    # well under a minute; a stalled one is retried rather than hanging the run.
+    # Each measurement runs on one core, so that the timings compare single-threaded
+    # work, and so that the variants that run concurrent batched LAPACK calls cannot
+    # hang XLA:CPU's thread pool (see the README). A measurement takes well under a
+    # minute; a stalled one is retried rather than hanging the run.
     for attempt in range(ATTEMPTS):
         try:
             out = subprocess.run(

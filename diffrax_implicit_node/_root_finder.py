@@ -137,7 +137,8 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         reference = options.get("scale_reference", y)
         with jax.numpy_dtype_promotion("standard"):
             scale = (self.atol + self.rtol * ω(reference).call(jnp.abs)).ω
-        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        # Real, also for a complex `y`: sizes of increments.
+        dtype = jnp.finfo(jnp.result_type(*jtu.tree_leaves(y))).dtype
         # Increments this small are round-off in `reference`: the iteration cannot
         # improve on them, and their ratios say nothing about convergence.
         with jax.numpy_dtype_promotion("standard"):

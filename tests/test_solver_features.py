@@ -323,19 +323,6 @@ def test_newton_failure_rejects_adaptive_steps():
     assert float(solution.ys[-1, 0]) == pytest.approx(reference, rel=1e-5)
 
 
-def test_complex_state_is_refused():
-    with pytest.raises(ValueError, match="real state"):
-        diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: -y),
-            tight(din.RadauIIA3),
-            0.0,
-            1.0,
-            0.1,
-            jnp.ones(2, dtype=jnp.complex128),
-            stepsize_controller=diffrax.ConstantStepSize(),
-        )
-
-
 def test_solver_contract():
     term = diffrax.ODETerm(linear_vector_field)
     for solver_cls in SOLVERS:

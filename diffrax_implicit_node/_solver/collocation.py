@@ -13,7 +13,7 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Inexact, Int, PyTree, Shaped
 
 from .._custom_types import RealScalarLike
 from .._interpolation import LocalPolynomialInterpolation
@@ -172,7 +172,7 @@ class CollocationTableau(eqx.Module):
             dense_coeffs[j] = basis.integ().coeffs[::-1][1:]
         self.dense_coeffs = dense_coeffs
 
-    def estimate_error(self, step: "CollocationStep") -> Float[Array, " n"]:
+    def estimate_error(self, step: "CollocationStep") -> Inexact[Array, " n"]:
         """The local error estimate of a step, as a flat array."""
         return self.error_estimate(self, step)
 
@@ -250,13 +250,127 @@ def embedded_error_weights(c: np.ndarray, a: np.ndarray, gamma0: float) -> np.nd
     return a_inv.T @ weight_difference + gamma0 * a_inv[-1]
 
 
+class _LUFactorisation(eqx.Module):
+    """`P M = L U`, factorised by LAPACK and solved by substitution in plain JAX.
+
+    XLA:CPU (jaxlib 0.10-0.11) runs a batched LAPACK call over a large batch (e.g. a
+    `vmap` over a thousand training windows) by splitting it over its thread pool
+    and blocking the calling pool thread until the pieces finish. Two such calls that
+    run at the same time can block every thread of the pool, and the program hangs.
+    So the triangular solves, which run in every Newton iteration, stay out of
+    LAPACK, and `factorise_in_sequence` orders the factorisations of one step.
+    """
+
+    lu: Shaped[Array, "n n"]  # L below the diagonal (unit diagonal), U on and above
+    permutation: Int[Array, " n"]  # (P M)[i] = M[permutation[i]]
+
+    def solve(self, vector: Shaped[Array, " n"], transpose: bool = False) -> Array:
+        """Solves `M x = vector`, or `Mᵀ x = vector` with `transpose=True`."""
+        if transpose:
+            # Mᵀ = Uᵀ Lᵀ P: solve with Uᵀ (lower), then with Lᵀ (upper, unit).
+            lower = _substitute(self.lu.T, vector, lower=True, unit_diagonal=False)
+            upper = _substitute(self.lu.T, lower, lower=False, unit_diagonal=True)
+            return jnp.zeros_like(upper).at[self.permutation].set(upper)
+        permuted = vector[self.permutation]
+        lower = _substitute(self.lu, permuted, lower=True, unit_diagonal=True)
+        return _substitute(self.lu, lower, lower=False, unit_diagonal=False)
+
+
+def _factorise(matrix: Shaped[Array, "n n"]) -> _LUFactorisation:
+    lu, _, permutation = lax.linalg.lu(matrix)
+    return _LUFactorisation(lu, permutation)
+
+
+def factorise_in_sequence(
+    matrices: tuple[Shaped[Array, "n n"], ...],
+) -> tuple[_LUFactorisation, ...]:
+    """LU-factorises `matrices`, each only once the previous one is done.
+
+    Each matrix gets an exact zero added that XLA cannot see through (derived from
+    the previous factorisation's permutation, whose entries are never negative):
+    the data dependency keeps XLA from running two LAPACK calls at the same time.
+    (`lax.optimization_barrier` does not order operations on XLA:CPU.)
+    """
+    factorisations: list[_LUFactorisation] = []
+    for matrix in matrices:
+        if factorisations:
+            previous = factorisations[-1].permutation[0]
+            matrix = matrix + jnp.minimum(previous, 0).astype(matrix.dtype)
+        factorisations.append(_factorise(matrix))
+    return tuple(factorisations)
+
+
+def _substitute(
+    triangle: Shaped[Array, "n n"],
+    vector: Shaped[Array, " n"],
+    *,
+    lower: bool,
+    unit_diagonal: bool,
+) -> Shaped[Array, " n"]:
+    """Solves `triangle x = vector` by forward (`lower`) or back substitution,
+    reading only the lower or upper triangle of `triangle`."""
+    size = vector.shape[0]
+    columns = jnp.arange(size)
+
+    def substitute_row(k, solution):
+        row = k if lower else size - 1 - k
+        known = (columns < row) if lower else (columns > row)
+        value = vector[row] - jnp.where(known, triangle[row], 0) @ solution
+        if not unit_diagonal:
+            value = value / triangle[row, row]
+        return solution.at[row].set(value)
+
+    return lax.fori_loop(0, size, substitute_row, jnp.zeros_like(vector))
+
+
+class _EigenSystems(NamedTuple):
+    """Which `n × n` systems `(λ I - hJ) x = b` a Newton iteration solves: one per
+    entry of `shifts`; stage `k` of the transformed system solves
+    `system_of_stage[k]`, conjugating the solution where `conjugate_stage[k]`."""
+
+    shifts: tuple[complex, ...]
+    system_of_stage: tuple[int, ...]
+    conjugate_stage: tuple[bool, ...]
+    error_filter_system: int
+
+
+def _eigen_systems(tableau: CollocationTableau, complex_state: bool) -> _EigenSystems:
+    """For a real state, the tableau's: a complex-conjugate pair of eigenvalues has
+    conjugate right-hand sides, hence conjugate solutions, and shares one solve. For
+    a complex state it does not: one system per eigenvalue."""
+    if not complex_state:
+        return _EigenSystems(
+            tableau.shifts,
+            tableau.system_of_stage,
+            tableau.conjugate_stage,
+            tableau.error_filter_system,
+        )
+    eigenvalues = [
+        tableau.shifts[system].conjugate() if conjugate else tableau.shifts[system]
+        for system, conjugate in zip(tableau.system_of_stage, tableau.conjugate_stage)
+    ]
+    error_filter = [
+        stage
+        for stage, (system, conjugate) in enumerate(
+            zip(tableau.system_of_stage, tableau.conjugate_stage)
+        )
+        if system == tableau.error_filter_system and not conjugate
+    ]
+    if not error_filter:
+        eigenvalues.append(tableau.shifts[tableau.error_filter_system])
+        error_filter = [len(eigenvalues) - 1]
+    stages = len(tableau.system_of_stage)
+    return _EigenSystems(
+        tuple(eigenvalues), tuple(range(stages)), (False,) * stages, error_filter[0]
+    )
+
+
 class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     """`I - (A ⊗ hJ)` for the implicit stages, factorised through the eigenvalues of
     `A⁻¹`: `(A⁻¹ ⊗ I - I ⊗ hJ) = (T ⊗ I)(Λ ⊗ I - I ⊗ hJ)(T⁻¹ ⊗ I) `.
     """
 
-    operators: tuple[lx.MatrixLinearOperator, ...]
-    states: tuple[PyTree[Any], ...]
+    factorisations: tuple[_LUFactorisation, ...]
     to_eigenbasis: Array  # T⁻¹ A⁻¹
     from_eigenbasis: Array  # T
     system_of_stage: tuple[int, ...] = eqx.field(static=True)
@@ -264,74 +378,79 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
     error_filter_shift: float = eqx.field(static=True)
     error_filter_system: int = eqx.field(static=True)
 
-    def __init__(self, tableau: CollocationTableau, hjac: Float[Array, "n n"]):
+    def __init__(self, tableau: CollocationTableau, hjac: Inexact[Array, "n n"]):
         complex_dtype = _complex_dtype(hjac.dtype)
+        systems = _eigen_systems(
+            tableau, jnp.issubdtype(hjac.dtype, jnp.complexfloating)
+        )
+        # (Real for a real shift and a real state.)
         identity = jnp.eye(hjac.shape[0], dtype=hjac.dtype)
-        operators = []
-        for shift in tableau.shifts:
+        matrices = []
+        for shift in systems.shifts:
             if shift.imag == 0:
                 matrix = shift.real * identity - hjac
             else:
                 matrix = shift * identity.astype(complex_dtype) - hjac.astype(
                     complex_dtype
                 )
-            operators.append(lx.MatrixLinearOperator(matrix))
-        self.operators = tuple(operators)
-        self.states = tuple(lx.LU().init(op, {}) for op in operators)
+            matrices.append(matrix)
+        self.factorisations = factorise_in_sequence(tuple(matrices))
         self.to_eigenbasis = jnp.asarray(
             tableau.transform_inv @ tableau.a_implicit_inv, dtype=complex_dtype
         )
         self.from_eigenbasis = jnp.asarray(tableau.transform, dtype=complex_dtype)
-        self.system_of_stage = tableau.system_of_stage
-        self.conjugate_stage = tableau.conjugate_stage
+        self.system_of_stage = systems.system_of_stage
+        self.conjugate_stage = systems.conjugate_stage
         self.error_filter_shift = tableau.error_filter_shift
-        self.error_filter_system = tableau.error_filter_system
+        self.error_filter_system = systems.error_filter_system
 
-    def solve_shifted(self, system: int, vector: Array) -> tuple[Array, lx.RESULTS]:
+    def solve_shifted(self, system: int, vector: Array) -> Array:
         """Solves `(shifts[system] I - hJ) x = vector`."""
-        operator = self.operators[system]
-        if not jnp.issubdtype(operator.matrix.dtype, jnp.complexfloating):
+        factorisation = self.factorisations[system]
+        if not jnp.issubdtype(factorisation.lu.dtype, jnp.complexfloating):
             # A real shift: the transformed right-hand side is real up to round-off.
             vector = jnp.real(vector)
-        vector = vector.astype(operator.matrix.dtype)
-        solution = lx.linear_solve(
-            operator, vector, lx.LU(), state=self.states[system], throw=False
-        )
-        return solution.value, solution.result
+        return factorisation.solve(vector.astype(factorisation.lu.dtype))
 
-    def solve(self, residual: Float[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
+    def solve(self, residual: Inexact[Array, "m n"]) -> tuple[Array, optx.RESULTS]:
         transformed = self.to_eigenbasis @ residual.astype(self.to_eigenbasis.dtype)
         solved = {}
-        result = lx.RESULTS.successful
         for k, (system, conjugate) in enumerate(
             zip(self.system_of_stage, self.conjugate_stage)
         ):
             if not conjugate:
-                value, system_result = self.solve_shifted(system, transformed[k])
+                value = self.solve_shifted(system, transformed[k])
                 solved[system] = value.astype(transformed.dtype)
-                result = lx.RESULTS.where(
-                    result == lx.RESULTS.successful, system_result, result
-                )
         # Conjugate eigenvalues have conjugate right-hand sides, hence solutions.
         pieces = [
             solved[system].conj() if conjugate else solved[system]
             for system, conjugate in zip(self.system_of_stage, self.conjugate_stage)
         ]
         increments = self.from_eigenbasis @ jnp.stack(pieces)
-        return increments.real.astype(residual.dtype), optx.RESULTS.promote(result)
+        # A singular Newton matrix shows as non-finite increments, which the root
+        # finder reports as a failure.
+        return _like(increments, residual), optx.RESULTS.successful
 
     def solve_error_filter(self, vector: Array) -> Array:
         """Applies `(I - γ₀ hJ)⁻¹`, with `γ₀ = 1 / error_filter_shift`."""
-        value, _ = self.solve_shifted(
+        value = self.solve_shifted(
             self.error_filter_system, self.error_filter_shift * vector
         )
-        return value.real.astype(vector.dtype)
+        return _like(value, vector)
 
 
 def _complex_dtype(dtype) -> jnp.dtype:
     """The complex dtype with the precision of the real `dtype`. (Explicitly: strict
     dtype promotion has no path from a real to a complex dtype.)"""
     return jnp.dtype(jnp.complex128 if jnp.finfo(dtype).bits == 64 else jnp.complex64)
+
+
+def _like(value: Inexact[Array, "*shape"], like: Inexact[Array, "*shape"]) -> Array:
+    """`value` in the dtype of `like`, dropping the imaginary part (round-off) where
+    `like` is real."""
+    if not jnp.issubdtype(like.dtype, jnp.complexfloating):
+        value = jnp.real(value)
+    return value.astype(like.dtype)
 
 
 class _StageJacobianLU(lx.AbstractLinearSolver):
@@ -344,12 +463,14 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
     Perturbing every stage by the same unit vector `eₖ` instead gives
     `eₖ - (A ⊗ I)[h Jⱼ eₖ]ⱼ`, from which `A⁻¹` recovers column `k` of every stage
     Jacobian `h Jⱼ` at once: `n` products in all, with nothing approximated.
+    (Solved like the Newton matrices: see `_LUFactorisation`.)
     """
 
     # Static, hence hashable: the implicit part of the tableau's `a`, row by row.
     a_implicit: tuple[tuple[float, ...], ...] = eqx.field(static=True)
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        del options
         structure = operator.in_structure()
         stages, size = structure.shape
         dtype = structure.dtype
@@ -365,23 +486,28 @@ class _StageJacobianLU(lx.AbstractLinearSolver):
         matrix = jnp.eye(stages * size, dtype=dtype) - jnp.einsum(
             "ij,jpq->ipjq", jnp.asarray(a_implicit, dtype=dtype), stage_jacobians
         ).reshape(stages * size, stages * size)
-        return lx.LU().init(lx.MatrixLinearOperator(matrix), options)
+        return _factorise(matrix), eqxi.Static(False)
 
     def compute(self, state, vector: Array, options: dict[str, Any]):
-        solution, result, stats = lx.LU().compute(state, vector.reshape(-1), options)
+        del options
+        factorisation, transpose = state
+        solution = factorisation.solve(vector.reshape(-1), transpose=transpose.value)
         # Only a step whose Newton iteration failed (singular or non-finite Newton
         # matrix) gets here a non-finite solution. Such a step has no derivative, and
         # its result already reports the failure: give it a zero tangent. Optimistix
         # would throw on a non-finite one, aborting a whole batch of solves, or a
         # least-squares optimiser that merely tried a bad step.
         solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0)
-        return solution.reshape(vector.shape), result, stats
+        return solution.reshape(vector.shape), lx.RESULTS.successful, {}
 
     def transpose(self, state, options: dict[str, Any]):
-        return lx.LU().transpose(state, options)
+        factorisation, transpose = state
+        return (factorisation, eqxi.Static(not transpose.value)), options
 
     def conj(self, state, options: dict[str, Any]):
-        return lx.LU().conj(state, options)
+        factorisation, transpose = state
+        lu, permutation = factorisation.lu.conj(), factorisation.permutation
+        return (_LUFactorisation(lu, permutation), transpose), options
 
     def assume_full_rank(self) -> bool:
         return True
@@ -422,11 +548,11 @@ class CollocationStep(NamedTuple):
     t0: RealScalarLike
     t1: RealScalarLike
     hf: Callable[[RealScalarLike, Array], Array]  # (t, y) -> h f(t, y), flat arrays
-    y0: Float[Array, " n"]
-    stages: Float[Array, "m n"]  # Zᵢ = Yᵢ - y0, implicit stages only
-    stage_derivatives: Float[Array, "s n"]  # h f(Yᵢ), all stages
-    dense_coeffs: Float[Array, "s n"]
-    hf0: Float[Array, " n"]
+    y0: Inexact[Array, " n"]
+    stages: Inexact[Array, "m n"]  # Zᵢ = Yᵢ - y0, implicit stages only
+    stage_derivatives: Inexact[Array, "s n"]  # h f(Yᵢ), all stages
+    dense_coeffs: Inexact[Array, "s n"]
+    hf0: Inexact[Array, " n"]
     newton_matrix: _CollocationNewtonMatrix
 
 
@@ -443,7 +569,7 @@ class AbstractErrorEstimate(eqx.Module):
     @abc.abstractmethod
     def __call__(
         self, tableau: CollocationTableau, step: CollocationStep
-    ) -> Float[Array, " n"]:
+    ) -> Inexact[Array, " n"]:
         """The local error estimate of `step`, as a flat array."""
 
 
@@ -469,7 +595,7 @@ class EmbeddedErrorEstimate(AbstractErrorEstimate):
 
     def __call__(
         self, tableau: CollocationTableau, step: CollocationStep
-    ) -> Float[Array, " n"]:
+    ) -> Inexact[Array, " n"]:
         assert tableau.error_weights is not None
         gamma0 = 1 / tableau.error_filter_shift
         filter_error = step.newton_matrix.solve_error_filter
@@ -487,9 +613,9 @@ class _CollocationState(eqx.Module):
 
     # The previous step's size (0 before the first step) and collocation polynomial.
     previous_dt: Float[Array, ""]
-    dense_coeffs: Float[Array, "stages n"]
+    dense_coeffs: Inexact[Array, "stages n"]
     # `h J` for the previous step's `h`, and the Newton matrix factorised from it.
-    hjac: Float[Array, "n n"]
+    hjac: Inexact[Array, "n n"]
     newton_matrix: "_CollocationNewtonMatrix"
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
@@ -555,15 +681,10 @@ class AbstractCollocationSolver(
                 f"{type(self).__name__} is solving in {y0_flat.dtype}. Stiff problems "
                 "usually need float64: Newton's method and the error estimate lose "
                 "most of their digits to the stiffness. Enable it with "
-                '`jax.config.update("jax_enable_x64", True)` and a float64 `y0`.',
+                '`jax.config.update("jax_enable_x64", True)` and a float64 (or, for a '
+                "complex state, complex128) `y0`.",
                 LowPrecisionWarning,
                 stacklevel=2,
-            )
-        if jnp.issubdtype(y0_flat.dtype, jnp.complexfloating):
-            # The W-transformation pairs conjugate stages, which needs real states.
-            raise ValueError(
-                f"{type(self).__name__} needs a real state; split a complex `y0` into "
-                "its real and imaginary parts."
             )
         stages = len(self.tableau.c)
         dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
@@ -653,7 +774,12 @@ class AbstractCollocationSolver(
 
         def fresh_hjac():
             terms, t0, t1, y0_flat, args, _ = frozen_args
-            return jax.jacfwd(lambda y: hf(t0, y, terms, t0, t1, args))(y0_flat)
+            # A complex state needs a vector field that is holomorphic in it (as
+            # Diffrax's implicit solvers assume): `J` is its complex derivative.
+            return jax.jacfwd(
+                lambda y: hf(t0, y, terms, t0, t1, args),
+                holomorphic=jnp.issubdtype(dtype, jnp.complexfloating),
+            )(y0_flat)
 
         c_implicit = jnp.asarray(tableau.c_implicit)
         a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
@@ -812,7 +938,7 @@ class AbstractCollocationSolver(
         t1: RealScalarLike,
         solver_state: _CollocationState,
         made_jump: Bool[ArrayLike, ""],
-    ) -> Float[Array, "m n"]:
+    ) -> Inexact[Array, "m n"]:
         """Extrapolates the previous step's collocation polynomial to this step's
         stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`."""
         previous_dt = lax.stop_gradient(solver_state.previous_dt)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from diffrax import with_stepsize_controller_tols
-from jaxtyping import Array, Float
+from jaxtyping import Array, Inexact
 
 from .._root_finder import SimplifiedNewton
 from .collocation import (
@@ -29,7 +29,7 @@ class _MidpointDefectEstimate(AbstractErrorEstimate):
 
     def __call__(
         self, tableau: CollocationTableau, step: CollocationStep
-    ) -> Float[Array, " n"]:
+    ) -> Inexact[Array, " n"]:
         with jax.numpy_dtype_promotion("standard"):
             midpoint_time = step.t0 + 0.5 * (step.t1 - step.t0)
             midpoint_value = (
