@@ -913,7 +913,9 @@ class AbstractCollocationSolver(
         def factorise():
             # Rescaling is exact for `ODETerm`, whose h f is linear in h.
             hjac = lax.cond(
-                refresh, fresh_hjac, lambda: state.hjac * (dt / safe_previous_dt)
+                refresh,
+                fresh_hjac,
+                lambda: state.hjac * (dt / safe_previous_dt).astype(state.hjac.dtype),
             )
             return hjac, _CollocationNewtonMatrix(self.tableau, hjac)
 
