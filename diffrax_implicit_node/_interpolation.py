@@ -5,7 +5,7 @@ import jax.tree_util as jtu
 from diffrax._misc import linear_rescale
 from jaxtyping import Array, PyTree, Shaped
 
-from ._custom_types import RealScalarLike
+from ._custom_types import RealScalarLike, Y
 
 
 class LocalPolynomialInterpolation(diffrax.AbstractLocalInterpolation):
@@ -29,8 +29,8 @@ class LocalPolynomialInterpolation(diffrax.AbstractLocalInterpolation):
 
     t0: RealScalarLike
     t1: RealScalarLike
-    y0: PyTree[Shaped[Array, " ?*y"], " Y"]
-    coeffs: PyTree[Shaped[Array, "degree ?*y"], " Y"]
+    y0: Y
+    coeffs: PyTree[Shaped[Array, "degree ?*y"], "Y"]
 
     def evaluate(
         self, t0: RealScalarLike, t1: RealScalarLike | None = None, left: bool = True

@@ -40,6 +40,7 @@ def test_fit_csv_with_trajectories(tmp_path, capsys):
     assert learned["x0"]["1"] == pytest.approx(1.0, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_fit_npz(tmp_path, capsys):
     rows = np.array(decay_rows())
     path = tmp_path / "data.npz"
@@ -87,6 +88,7 @@ def test_fit_bad_files(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_reproduce_writes_json(tmp_path, capsys):
     out = tmp_path / "linear.json"
     arguments = ["reproduce", "linear", "--points", "20", "--epochs", "3"]

@@ -135,6 +135,7 @@ def _stiff_step(y0, stiffness, previous_field):
     return y1, result, state
 
 
+@pytest.mark.slow
 def test_stale_jacobian_is_refreshed_not_failed():
     # After a step of a mild problem, Newton's method converged fast: its Jacobian is
     # kept. On the stiff step that follows it is far off, and Newton's method with it
@@ -166,6 +167,7 @@ def test_stale_jacobian_is_refreshed_not_failed():
     assert float(grads[1]) == pytest.approx(float(finite_difference), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_vmapped_reuse_matches_one_by_one():
     # Under vmap the batch shares the decisions to reuse (here: one element needs a
     # fresh Jacobian, the other could keep its own); each answer must be its own.

@@ -15,6 +15,7 @@ import pytest
 from helpers import without_runtime_type_checks
 
 
+@pytest.mark.slow
 def test_recovers_stiff_linear_system_with_radau5():
     # y' = -1000 y + 3000 - 2000 exp(-t), the forcing known; one step per gap, so
     # h λ = -43: far outside the stability region of any explicit method.
@@ -50,6 +51,7 @@ def decay_data():
     return ts, ys
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_is_bit_for_bit(tmp_path):
     ts, ys = decay_data()
     options: dict[str, Any] = dict(
@@ -136,6 +138,7 @@ def test_interval_predictions_match_diffeqsolve():
     np.testing.assert_allclose(y1[0], np.exp(-1.0), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_interval_predictions_gradients_match_checkpointed_diffeqsolve():
     # `interval_predictions` differentiates its fixed steps directly; the gradient
     # must be the one of Diffrax's default, checkpointed adjoint.
@@ -264,6 +267,7 @@ def test_interrupt_keeps_best_model_and_resumes_exactly(tmp_path, monkeypatch):
     assert resumed.model.rate == straight.model.rate
 
 
+@pytest.mark.slow
 def test_least_squares_recovers_kaps_from_its_transients():
     # Kaps' problem from four starts, three of them off the slow manifold: only the
     # first few milliseconds (rate 1000) show the stiff coefficients apart from their
@@ -311,6 +315,7 @@ def exponential_residuals(rate, ts, ys, solver):
     return (predictions - ys[:, 1:].reshape(-1, 1)).ravel()
 
 
+@pytest.mark.slow
 def test_least_squares_steps_are_optimistix_steps(tmp_path):
     ts, ys = decay_data()
     solver = din.solver_from_name("radau3")
