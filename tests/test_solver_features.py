@@ -378,3 +378,46 @@ def test_event_progress_meter_and_saveat():
     # Saved points before the event come from the dense output.
     for t, y in zip(solution.ts[1:-1], solution.ys[1:-1]):
         np.testing.assert_allclose(y, linear_exact(float(t), y0), rtol=1e-7, atol=1e-8)
+
+
+def robertson(t, y, args):
+    del t, args
+    y1, y2, y3 = y
+    return jnp.stack(
+        [
+            -0.04 * y1 + 1e4 * y2 * y3,
+            0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2,
+            3e7 * y2**2,
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_robertson_keeps_its_linear_invariant_like_scipy():
+    """A closed reaction network: y1 + y2 + y3 stays 1 (every step keeps a linear
+    invariant of `f` up to round-off, however loosely Newton's method converged)."""
+    ts = np.geomspace(1e-5, 1e5, 30)
+    rtol, atol = 1e-4, 1e-6
+    ys = diffrax.diffeqsolve(
+        diffrax.ODETerm(robertson),
+        din.RadauIIA5(),
+        0.0,
+        1e5,
+        None,
+        jnp.array([1.0, 0.0, 0.0]),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(ts=jnp.asarray(ts)),
+        max_steps=10_000,
+    ).ys
+    scipy_ys = scipy.integrate.solve_ivp(
+        lambda t, y: np.asarray(robertson(t, y, None)),
+        (0.0, 1e5),
+        [1.0, 0.0, 0.0],
+        method="Radau",
+        rtol=rtol,
+        atol=atol,
+        t_eval=ts,
+    ).y.T
+    drift = np.max(np.abs(np.sum(np.asarray(ys), axis=1) - 1))
+    scipy_drift = np.max(np.abs(np.sum(scipy_ys, axis=1) - 1))
+    assert drift <= 10 * max(scipy_drift, np.finfo(np.float64).eps)

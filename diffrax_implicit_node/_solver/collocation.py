@@ -643,6 +643,10 @@ class AbstractCollocationSolver(
     is the collocation polynomial of each step. The first step starts Newton from
     `Z = 0`; later steps start from the previous step's collocation polynomial.
 
+    The state may be complex, for a vector field that is holomorphic in it (the
+    Newton matrices use its complex Jacobian, as Diffrax's implicit solvers do); the
+    W-transformed system then has one complex `n × n` system per eigenvalue of `A⁻¹`.
+
     Subclasses provide the method as data: a
     [`diffrax_implicit_node.CollocationTableau`][] as the class variable `tableau`,
     and the fields `root_finder`, `root_find_max_steps` and `reuse_jacobian`.
