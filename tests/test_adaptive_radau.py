@@ -229,3 +229,11 @@ def test_rejects_bad_arguments():
         din.AdaptiveRadau(min_order=13, max_order=9)
     with pytest.raises(ValueError, match="SimplifiedNewton"):
         din.AdaptiveRadau(root_finder=diffrax.VeryChord(rtol=1e-6, atol=1e-6))
+
+
+def test_diffrax_citation_prints_the_method(capsys):
+    diffrax.citation(solver=din.AdaptiveRadau())
+    printed = capsys.readouterr().out
+    ours = printed[printed.index("the AdaptiveRadau solver") :]
+    for key in ("ehle1969pade", "hairer1999stiff"):
+        assert f"{{{key}," in ours

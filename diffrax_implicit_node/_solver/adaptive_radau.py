@@ -43,11 +43,11 @@ class AdaptiveRadau(
 
     Each step is one step of [`diffrax_implicit_node.RadauIIA5`][],
     [`diffrax_implicit_node.RadauIIA9`][] or [`diffrax_implicit_node.RadauIIA13`][],
-    and shares their state (step size, collocation polynomial and Jacobian), so a change
-    of order costs nothing beyond the step itself. Higher orders take far larger steps
-    at tight tolerances on smooth solutions, but each step solves more stages and their
-    Newton iteration converges more slowly when the step is limited by the stiffness
-    rather than by accuracy. The choice follows the contraction rate
+    whose Newton iteration starts from the last step's collocation polynomial, whatever
+    its order; a change of order costs one fresh Jacobian. Higher orders take far
+    larger steps at tight tolerances on smooth solutions, but each step solves more
+    stages, and their Newton iteration converges more slowly when the step is limited
+    by the stiffness rather than by accuracy. The choice follows the contraction rate
     `θ = ‖Δₖ‖ / ‖Δₖ₋₁‖` of the simplified Newton iteration, as in Hairer & Wanner's
     variable-order RADAU:
 
@@ -82,6 +82,17 @@ class AdaptiveRadau(
     when all unfinished elements would raise it, and falls when any would lower it.
 
     ??? cite "References"
+
+        ```bibtex
+        @phdthesis{ehle1969pade,
+            title={On {P}ad{\'e} Approximations to the Exponential Function and
+                   {A}-Stable Methods for the Numerical Solution of Initial Value
+                   Problems},
+            author={Ehle, Byron L.},
+            school={University of Waterloo},
+            year={1969}
+        }
+        ```
 
         ```bibtex
         @article{hairer1999stiff,
