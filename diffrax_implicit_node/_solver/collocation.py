@@ -439,6 +439,13 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
         return _like(value, vector)
 
 
+def _without_tangents(tree: PyTree) -> PyTree:
+    """`lax.stop_gradient` on the floating-point arrays of a pytree that may also hold
+    functions and other non-arrays."""
+    differentiable, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(lax.stop_gradient(differentiable), static)
+
+
 def _complex_dtype(dtype) -> jnp.dtype:
     """The complex dtype with the precision of the real `dtype`. (Explicitly: strict
     dtype promotion has no path from a real to a complex dtype.)"""
@@ -614,12 +621,31 @@ class _CollocationState(eqx.Module):
     # The previous step's size (0 before the first step) and collocation polynomial.
     previous_dt: Float[Array, ""]
     dense_coeffs: Inexact[Array, "stages n"]
-    # `h J` for the previous step's `h`, and the Newton matrix factorised from it.
+    # `h J` for `h = jacobian_dt` (0 for none), and the Newton matrix factorised from
+    # it.
+    jacobian_dt: Float[Array, ""]
     hjac: Inexact[Array, "n n"]
     newton_matrix: "_CollocationNewtonMatrix"
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
     jacobian_current: Bool[Array, ""]
+    # The stages of the first step, solved by `init` (zeros where it did not).
+    first_stages: Inexact[Array, "m n"]
+
+
+class _StageEquations(NamedTuple):
+    """The stage equations of one step, and how to solve them."""
+
+    # (t, y, terms, t0, t1, args) -> h f(t, y), flat arrays.
+    hf: Callable[..., Array]
+    hf0: Inexact[Array, " n"]
+    # (terms, t0, t1, y0, args, hf0), with and without tangents.
+    residual_args: tuple
+    frozen_args: tuple
+    residual: Callable[[Array, tuple], Array]
+    fresh_hjac: Callable[[], Array]
+    # (Newton matrix, starting stages) -> solution, without tangents.
+    solve: Callable[[Any, Array], optx.Solution]
 
 
 class AbstractCollocationSolver(
@@ -678,8 +704,7 @@ class AbstractCollocationSolver(
         y0: PyTree[Array],
         args: PyTree,
     ) -> _CollocationState:
-        del terms, args
-        y0_flat, _ = ravel_pytree(y0)
+        y0_flat, unravel = ravel_pytree(y0)
         if jnp.finfo(y0_flat.dtype).bits < 64:
             warnings.warn(
                 f"{type(self).__name__} is solving in {y0_flat.dtype}. Stiff problems "
@@ -699,21 +724,59 @@ class AbstractCollocationSolver(
             "`y0` contains non-finite values (NaN or infinity).",
         )
         size = y0_flat.shape[0]
-        # Placeholders: the first step evaluates a Jacobian and factorises, as
-        # `jacobian_current` is false.
-        hjac = jnp.zeros((size, size), dtype=y0_flat.dtype)
-        return _CollocationState(
+        implicit_stages = len(self.tableau.c_implicit)
+        state = _CollocationState(
             previous_dt=dt,
             dense_coeffs=jnp.zeros((stages, size), dtype=y0_flat.dtype),
-            hjac=hjac,
-            newton_matrix=self._placeholder_newton_matrix(hjac),
+            jacobian_dt=dt,
+            hjac=jnp.zeros((size, size), dtype=y0_flat.dtype),
+            newton_matrix=self._placeholder_newton_matrix(size, y0_flat.dtype),
             jacobian_current=jnp.array(False),
+            first_stages=jnp.zeros((implicit_stages, size), dtype=y0_flat.dtype),
+        )
+        if not self._reuses_newton_matrix():
+            # Placeholders: every step evaluates a Jacobian and factorises.
+            return state
+        # Prepare the first step: its Jacobian, Newton matrix and stages. Outside
+        # `diffeqsolve`'s loop, and without tangents, this work is not repeated by a
+        # checkpointed adjoint's recomputation of the step, which then starts from
+        # the solution: for a single step per solve (training on short windows) the
+        # recomputation becomes one Newton iteration.
+        with jax.numpy_dtype_promotion("standard"):
+            first_dt = jnp.asarray(t1 - t0, dtype=dt.dtype)
+        equations = self._stage_equations(terms, t0, t1, y0_flat, unravel, args)
+        hjac = equations.fresh_hjac()
+        newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
+        solution = equations.solve(newton_matrix, state.first_stages)
+        solved = (solution.result == optx.RESULTS.successful) & jnp.all(
+            jnp.isfinite(solution.value)
+        )
+        return eqx.tree_at(
+            lambda s: (
+                s.jacobian_dt,
+                s.hjac,
+                s.newton_matrix,
+                s.jacobian_current,
+                s.first_stages,
+            ),
+            state,
+            (
+                first_dt,
+                hjac,
+                newton_matrix,
+                jnp.array(True),
+                jnp.where(solved, solution.value, 0),
+            ),
         )
 
-    def _placeholder_newton_matrix(self, hjac: Array) -> _CollocationNewtonMatrix:
+    def _reuses_newton_matrix(self) -> bool:
+        return self.reuse_jacobian and isinstance(self.root_finder, SimplifiedNewton)
+
+    def _placeholder_newton_matrix(self, size: int, dtype) -> _CollocationNewtonMatrix:
         """A Newton matrix of the right structure, all zeros, without factorising."""
         shapes = eqx.filter_eval_shape(
-            lambda hjac: _CollocationNewtonMatrix(self.tableau, hjac), hjac
+            lambda hjac: _CollocationNewtonMatrix(self.tableau, hjac),
+            jax.ShapeDtypeStruct((size, size), dtype),
         )
         return jax.tree_util.tree_map(
             lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
@@ -759,84 +822,35 @@ class AbstractCollocationSolver(
         statistics, e.g. how fast Newton's method converged, steer
         [`diffrax_implicit_node.AdaptiveRadau`][]'s choice of order)."""
         tableau = self.tableau
+        # Nothing the state holds (Jacobians, Newton matrices, starting guesses) is
+        # differentiated: a checkpointed adjoint, which differentiates the whole loop
+        # state, would otherwise differentiate every branch that reads it.
+        solver_state = _without_tangents(solver_state)
         y0_flat, unravel = ravel_pytree(y0)
         dtype = y0_flat.dtype
-
-        def hf(t, y_flat, terms, t0, t1, args):
-            control = terms.contr(t0, t1)
-            out = terms.vf_prod(t, unravel(y_flat), args, control)
-            out_flat, _ = ravel_pytree(out)
-            return out_flat.astype(dtype)
-
         with jax.numpy_dtype_promotion("standard"):
             dt = jnp.asarray(t1 - t0, dtype=solver_state.previous_dt.dtype)
-        hf0 = hf(t0, y0_flat, terms, t0, t1, args)
-        residual_args = (terms, t0, t1, y0_flat, args, hf0)
-        differentiable, static = eqx.partition(residual_args, eqx.is_inexact_array)
-        # The Newton solves see no tangents; `_AtRoot` attaches the derivative below.
-        frozen_args = eqx.combine(lax.stop_gradient(differentiable), static)
-
-        def fresh_hjac():
-            terms, t0, t1, y0_flat, args, _ = frozen_args
-            # A complex state needs a vector field that is holomorphic in it (as
-            # Diffrax's implicit solvers assume): `J` is its complex derivative.
-            return jax.jacfwd(
-                lambda y: hf(t0, y, terms, t0, t1, args),
-                holomorphic=jnp.issubdtype(dtype, jnp.complexfloating),
-            )(y0_flat)
-
-        c_implicit = jnp.asarray(tableau.c_implicit)
-        a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
-        a_explicit = jnp.asarray(tableau.a_explicit, dtype=dtype)
-
-        def stage_residual(stages, residual_args):
-            terms, t0, t1, y0_flat, args, hf0 = residual_args
-            with jax.numpy_dtype_promotion("standard"):
-                stage_times = t0 + c_implicit * (t1 - t0)
-            derivatives = jax.vmap(
-                lambda t, z: hf(t, y0_flat + z, terms, t0, t1, args)
-            )(stage_times, stages)
-            return stages - a_implicit @ derivatives - jnp.outer(a_explicit, hf0)
-
+        equations = self._stage_equations(terms, t0, t1, y0_flat, unravel, args)
+        hf, hf0 = equations.hf, equations.hf0
         starting_stages = self._starting_stages(t0, t1, solver_state, made_jump)
-        uses_newton_matrix = isinstance(self.root_finder, SimplifiedNewton)
 
-        def solve_stages(newton_matrix: _CollocationNewtonMatrix) -> optx.Solution:
-            options: dict[str, Any] = dict(max_steps=self.root_find_max_steps)
-            if uses_newton_matrix:
-                options.update(
-                    newton_matrix=newton_matrix,
-                    scale_reference=jnp.broadcast_to(
-                        y0_flat, (len(c_implicit),) + y0_flat.shape
-                    ),
-                )
-            return optx.root_find(
-                stage_residual,
-                self.root_finder,
-                starting_stages,
-                frozen_args,
-                options=options,
-                max_steps=self.root_find_max_steps,
-                throw=False,
-            )
-
-        if uses_newton_matrix and self.reuse_jacobian:
+        if self._reuses_newton_matrix():
             hjac, newton_matrix, solution = self._solve_with_reuse(
-                solver_state, dt, made_jump, fresh_hjac, solve_stages
+                solver_state, dt, made_jump, equations, starting_stages
             )
             jacobian_current = newton_matrix_worth_keeping(solution)
         else:
             # (Other root finders bring their own Jacobians, and the Newton matrix
             # serves only the error estimate.)
-            hjac = fresh_hjac()
+            hjac = equations.fresh_hjac()
             newton_matrix = _CollocationNewtonMatrix(tableau, hjac)
-            solution = solve_stages(newton_matrix)
+            solution = equations.solve(newton_matrix, starting_stages)
             jacobian_current = jnp.array(False)
         stages = optx.root_find(
-            stage_residual,
+            equations.residual,
             _AtRoot(),
             solution.value,
-            residual_args,
+            equations.residual_args,
             throw=False,
             adjoint=optx.ImplicitAdjoint(
                 linear_solver=_StageJacobianLU(
@@ -844,6 +858,7 @@ class AbstractCollocationSolver(
                 )
             ),
         ).value
+        a_explicit = jnp.asarray(tableau.a_explicit, dtype=dtype)
         # hf(Yᵢ) = A⁻¹ Z: exact for the collocation polynomial, and no extra evaluation.
         with jax.numpy_dtype_promotion("standard"):
             implicit_derivatives = jnp.asarray(tableau.a_implicit_inv, dtype=dtype) @ (
@@ -878,19 +893,96 @@ class AbstractCollocationSolver(
         new_state = _CollocationState(
             previous_dt=dt,
             dense_coeffs=dense_coeffs,
+            jacobian_dt=dt,
             hjac=hjac,
             newton_matrix=newton_matrix,
             jacobian_current=jacobian_current,
+            first_stages=solver_state.first_stages,
         )
         return unravel(y1_flat), unravel(error), dense_info, new_state, result, solution
+
+    def _stage_equations(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0_flat: Inexact[Array, " n"],
+        unravel: Callable[[Array], PyTree[Array]],
+        args: PyTree,
+    ) -> _StageEquations:
+        tableau = self.tableau
+        dtype = y0_flat.dtype
+
+        def hf(t, y_flat, terms, t0, t1, args):
+            control = terms.contr(t0, t1)
+            out = terms.vf_prod(t, unravel(y_flat), args, control)
+            out_flat, _ = ravel_pytree(out)
+            return out_flat.astype(dtype)
+
+        hf0 = hf(t0, y0_flat, terms, t0, t1, args)
+        residual_args = (terms, t0, t1, y0_flat, args, hf0)
+        # The Newton solves see no tangents; the step attaches the derivative at the
+        # root (`_AtRoot`).
+        frozen_args = _without_tangents(residual_args)
+
+        def fresh_hjac():
+            terms, t0, t1, y0_flat, args, _ = frozen_args
+            # A complex state needs a vector field that is holomorphic in it (as
+            # Diffrax's implicit solvers assume): `J` is its complex derivative.
+            return jax.jacfwd(
+                lambda y: hf(t0, y, terms, t0, t1, args),
+                holomorphic=jnp.issubdtype(dtype, jnp.complexfloating),
+            )(y0_flat)
+
+        c_implicit = jnp.asarray(tableau.c_implicit)
+        a_implicit = jnp.asarray(tableau.a_implicit, dtype=dtype)
+        a_explicit = jnp.asarray(tableau.a_explicit, dtype=dtype)
+
+        def residual(stages, residual_args):
+            terms, t0, t1, y0_flat, args, hf0 = residual_args
+            with jax.numpy_dtype_promotion("standard"):
+                stage_times = t0 + c_implicit * (t1 - t0)
+            derivatives = jax.vmap(
+                lambda t, z: hf(t, y0_flat + z, terms, t0, t1, args)
+            )(stage_times, stages)
+            return stages - a_implicit @ derivatives - jnp.outer(a_explicit, hf0)
+
+        def solve(newton_matrix, starting_stages) -> optx.Solution:
+            options: dict[str, Any] = dict(max_steps=self.root_find_max_steps)
+            if isinstance(self.root_finder, SimplifiedNewton):
+                options.update(
+                    newton_matrix=newton_matrix,
+                    scale_reference=jnp.broadcast_to(
+                        y0_flat, (len(c_implicit),) + y0_flat.shape
+                    ),
+                )
+            return optx.root_find(
+                residual,
+                self.root_finder,
+                starting_stages,
+                frozen_args,
+                options=options,
+                max_steps=self.root_find_max_steps,
+                throw=False,
+            )
+
+        return _StageEquations(
+            hf=hf,
+            hf0=hf0,
+            residual_args=residual_args,
+            frozen_args=frozen_args,
+            residual=residual,
+            fresh_hjac=fresh_hjac,
+            solve=solve,
+        )
 
     def _solve_with_reuse(
         self,
         state: _CollocationState,
         dt: Float[Array, ""],
         made_jump: Bool[ArrayLike, ""],
-        fresh_hjac: Callable[[], Array],
-        solve_stages: Callable[[_CollocationNewtonMatrix], optx.Solution],
+        equations: _StageEquations,
+        starting_stages: Inexact[Array, "m n"],
     ) -> tuple[Array, _CollocationNewtonMatrix, optx.Solution]:
         """Solves the stage equations with the previous step's Jacobian where Newton's
         method converged fast with it (as Hairer & Wanner's RADAU5 and SciPy's `Radau`
@@ -903,30 +995,31 @@ class AbstractCollocationSolver(
         evaluates both branches; so the batch shares each decision, and takes a fresh
         Jacobian (or factorisation) where any of its elements needs one.
         """
+        fresh_hjac = equations.fresh_hjac
         keep = (
             state.jacobian_current
-            & (state.previous_dt != 0)
+            & (state.jacobian_dt != 0)
             & jnp.invert(jnp.asarray(made_jump))
         )
         refresh = eqxi.unvmap_any(jnp.invert(keep))
         # Up to the round-off of `t1 - t0` in the step-size controller.
-        same_dt = jnp.abs(dt - state.previous_dt) <= 1e-10 * jnp.abs(dt)
+        same_dt = jnp.abs(dt - state.jacobian_dt) <= 1e-10 * jnp.abs(dt)
         refactorise = eqxi.unvmap_any(jnp.invert(keep & same_dt))
-        safe_previous_dt = jnp.where(state.previous_dt != 0, state.previous_dt, 1)
+        safe_jacobian_dt = jnp.where(state.jacobian_dt != 0, state.jacobian_dt, 1)
 
         def factorise():
             # Rescaling is exact for `ODETerm`, whose h f is linear in h.
             hjac = lax.cond(
                 refresh,
                 fresh_hjac,
-                lambda: state.hjac * (dt / safe_previous_dt).astype(state.hjac.dtype),
+                lambda: state.hjac * (dt / safe_jacobian_dt).astype(state.hjac.dtype),
             )
             return hjac, _CollocationNewtonMatrix(self.tableau, hjac)
 
         hjac, newton_matrix = lax.cond(
             refactorise, factorise, lambda: (state.hjac, state.newton_matrix)
         )
-        solution = solve_stages(newton_matrix)
+        solution = equations.solve(newton_matrix, starting_stages)
         retry = eqxi.unvmap_any(
             (solution.result != optx.RESULTS.successful) & jnp.invert(refresh)
         )
@@ -934,7 +1027,7 @@ class AbstractCollocationSolver(
         def retried():
             hjac = fresh_hjac()
             newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
-            return hjac, newton_matrix, solve_stages(newton_matrix)
+            return hjac, newton_matrix, equations.solve(newton_matrix, starting_stages)
 
         return lax.cond(retry, retried, lambda: (hjac, newton_matrix, solution))
 
@@ -946,18 +1039,28 @@ class AbstractCollocationSolver(
         made_jump: Bool[ArrayLike, ""],
     ) -> Inexact[Array, "m n"]:
         """Extrapolates the previous step's collocation polynomial to this step's
-        stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`."""
-        previous_dt = lax.stop_gradient(solver_state.previous_dt)
-        previous_coeffs = lax.stop_gradient(solver_state.dense_coeffs)
-        usable = (previous_dt != 0) & jnp.invert(jnp.asarray(made_jump))
+        stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`. The first step starts from
+        the stages that `init` solved, if it is the step they were solved for."""
+        previous_dt = solver_state.previous_dt
+        previous_coeffs = solver_state.dense_coeffs
+        not_jump = jnp.invert(jnp.asarray(made_jump))
+        usable = (previous_dt != 0) & not_jump
         safe_dt = jnp.where(usable, previous_dt, 1)
         with jax.numpy_dtype_promotion("standard"):
-            theta = 1 + jnp.asarray(self.tableau.c_implicit) * (t1 - t0) / safe_dt
+            dt = jnp.asarray(t1 - t0, dtype=previous_dt.dtype)
+            theta = 1 + jnp.asarray(self.tableau.c_implicit) * dt / safe_dt
         degree = previous_coeffs.shape[0]
         basis = jnp.stack([theta**power - 1 for power in range(1, degree + 1)], axis=1)
-        basis = basis.astype(previous_coeffs.dtype)
-        guess = lax.stop_gradient(basis @ previous_coeffs)
-        return jnp.where(usable & jnp.isfinite(guess), guess, 0)
+        guess = basis.astype(previous_coeffs.dtype) @ previous_coeffs
+        jacobian_dt = solver_state.jacobian_dt
+        prepared = (
+            (previous_dt == 0)
+            & not_jump
+            & (jnp.abs(dt - jacobian_dt) <= 1e-10 * jnp.abs(dt))
+        )
+        first = jnp.where(prepared, solver_state.first_stages, 0)
+        # (`t1 - t0` may carry tangents: a guess needs none.)
+        return lax.stop_gradient(jnp.where(usable & jnp.isfinite(guess), guess, first))
 
     def func(
         self,
