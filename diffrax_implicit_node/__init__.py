@@ -28,7 +28,13 @@ from ._symbolic import (
     to_jax as to_jax,
     to_sympy as to_sympy,
 )
-from ._train import fit as fit, FitResult as FitResult
+from ._train import (
+    fit as fit,
+    FitResult as FitResult,
+    UnverifiedFitWarning as UnverifiedFitWarning,
+)
+from ._uncertainty import Uncertainty as Uncertainty
+from ._verify import Verification as Verification
 from ._windows import interval_predictions as interval_predictions
 
 

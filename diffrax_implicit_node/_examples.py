@@ -1,19 +1,16 @@
 from collections.abc import Callable
 
-import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import sympy
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._model import NeuralVectorField
 from ._names import OPTIMISER_NAMES
 from ._pinet import PiNet
-from ._solver import RadauIIA5
 from ._symbolic import coefficients
+from ._verify import reference_solve
 
 
 # Table 7 of Fronk & Petzold: the 20 initial conditions of the HIRES study.
@@ -221,9 +218,14 @@ class Example(eqx.Module):
                     "The observation times must be a 1-D array that increases "
                     "strictly from 0."
                 )
-        ys = _reference_solve(
-            self.vector_field, jnp.asarray(ts), jnp.asarray(self.initial_conditions)
+        y0s = jnp.asarray(self.initial_conditions)
+        ys, succeeded = reference_solve(
+            self.vector_field,
+            jnp.broadcast_to(jnp.asarray(ts), (len(y0s), len(ts))),
+            y0s,
         )
+        if not bool(jnp.all(succeeded)):
+            raise RuntimeError(f"Example {self.name!r}: the reference solve failed.")
         return ts, np.asarray(ys)
 
     def model(self, key: PRNGKeyArray) -> NeuralVectorField:
@@ -274,30 +276,6 @@ class Example(eqx.Module):
                 )
             comparison.append(rows)
         return comparison
-
-
-@eqx.filter_jit
-def _reference_solve(
-    vector_field: Callable, ts: Float[Array, " T"], y0s: Float[Array, "B n"]
-) -> Float[Array, "B T n"]:
-    def solve(y0):
-        solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
-            RadauIIA5(),
-            ts[0],
-            ts[-1],
-            None,
-            y0,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(
-                rtol=1e-12, atol=1e-12, norm=optx.max_norm
-            ),
-            max_steps=1_000_000,
-        )
-        assert solution.ys is not None
-        return solution.ys
-
-    return jax.vmap(solve)(y0s)
 
 
 EXAMPLES: dict[str, Example] = {

@@ -6,6 +6,7 @@ import os
 import pathlib
 import warnings
 from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -18,8 +19,19 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ._data import as_observations
-from ._optimise import optimisation
+from ._optimise import AbstractOptimisation, optimisation
+from ._uncertainty import Uncertainty, uncertainty
+from ._verify import data_scale, Verification, verify, window_errors
 from ._windows import Residuals, windows_from
+
+
+# Automatic discretisation doubles a window's steps up to this many.
+MAX_AUTO_STEPS = 256
+
+
+class UnverifiedFitWarning(RuntimeWarning):
+    """Warned by [`diffrax_implicit_node.fit`][] when the trained model does not
+    reproduce the data (see [`diffrax_implicit_node.Verification`][])."""
 
 
 class FitResult(eqx.Module):
@@ -39,6 +51,15 @@ class FitResult(eqx.Module):
         solver, or when interrupted (Ctrl-C). Not when a least-squares solver
         converges: then `losses` is just shorter than the number of epochs.
     - `message`: Why training stopped early; empty otherwise.
+    - `verification`: Whether the trained model reproduces the data, with the
+        figures: a [`diffrax_implicit_node.Verification`][]. A small final loss is
+        not enough: with too few solver steps per gap the discretisation, not the
+        equations, can fit the data.
+    - `uncertainty`: The standard errors of the learned coefficients (of a PiNet; else
+        of the trainable parameters) and the directions the data do not determine:
+        a [`diffrax_implicit_node.Uncertainty`][].
+    - `steps`: The solver steps of each window (gap between observations) in the
+        final round of training, a NumPy array of shape `(B, T - 1)`.
     """
 
     model: PyTree
@@ -46,6 +67,9 @@ class FitResult(eqx.Module):
     opt_state: PyTree
     stopped_early: bool
     message: str
+    verification: Verification
+    uncertainty: Uncertainty
+    steps: np.ndarray
 
 
 def fit(
@@ -56,7 +80,7 @@ def fit(
     solver: diffrax.AbstractSolver,
     optimiser: optax.GradientTransformation | optx.AbstractGaussNewton,
     epochs: int,
-    steps_per_interval: int = 1,
+    steps_per_interval: int | Literal["auto"] = "auto",
     batch_size: int | None = None,
     key: PRNGKeyArray | None = None,
     args: PyTree = None,
@@ -65,14 +89,14 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool = True,
+    noise: float | None = None,
 ) -> FitResult:
     r"""Trains a neural ODE on observations by *discretize-then-optimize*.
 
     Every pair of consecutive observations $(t_k, y_k), (t_{k+1}, y_{k+1})$ of a
-    trajectory is an initial value problem from $y_k$, integrated over
-    $[t_k, t_{k+1}]$ by `solver` in `steps_per_interval` equal steps, giving
-    $\hat y_{k+1}$. All intervals of all trajectories are solved at once (`jax.vmap`)
-    and the loss is the sum of squared residuals
+    trajectory (a *window*) is an initial value problem from $y_k$, integrated over
+    $[t_k, t_{k+1}]$ by `solver` in equal steps, giving $\hat y_{k+1}$. All
+    windows of all trajectories are solved at once (`jax.vmap`) and the loss is the sum of squared residuals
 
     $$\mathcal{L} = \sum_{b, k, i}
     \left(\frac{\hat y_{b, k+1, i} - y_{b, k+1, i}}{s_i}\right)^2,$$
@@ -108,6 +132,30 @@ def fit(
     whose loss was finite. Explicit solvers on stiff data do this. (A least-squares
     solver instead rejects a trial step whose solves fail and shrinks its trust
     region; only non-finite residuals at the starting parameters stop it.)
+
+    **The discretisation is chosen for you.** With few steps per gap, a fast
+    transient inside a gap is not resolved, and training can fit the data with the
+    *discretisation's* error instead of the right equations: a tiny loss, wrong
+    coefficients. With `steps_per_interval="auto"` (the default), training starts
+    with one step per window; whenever the optimiser converges (or at the end of a
+    first-order run), every window whose predicted end changes, with twice the
+    steps, by more than a tenth of the data's resolution (see below) gets twice the
+    steps, and training continues from where it was, until no window needs more
+    (at most 256 steps). Windows differ: typically only the first gap of each
+    trajectory, where the transient is, needs many. `epochs` bounds all rounds
+    together; with a first-order optimiser, which does not converge, the first
+    round takes them all, so pass an integer there.
+
+    **Every fit is verified.** After training, the learned equations are integrated
+    from each trajectory's first observation over its whole span with a tight
+    adaptive `RadauIIA5`, and compared with the data; and the residuals are
+    recomputed with twice the steps (the discretisation bias). If the model misses
+    the data by more than twice the data's *resolution* (the `noise` given, or the
+    root mean square of the residuals, at least $10^{-4}$, all relative to each
+    component's largest magnitude) or the bias exceeds a tenth of it, `fit` warns
+    (`UnverifiedFitWarning`) and `result.verification.verified` is `False`. Then the
+    standard error of every learned coefficient and the practically unidentifiable
+    directions are computed (`result.uncertainty`).
 
     An interruption (`KeyboardInterrupt`, Ctrl-C) also stops training with a warning:
     the result holds the parameters with the lowest loss so far, and the checkpoint,
@@ -146,7 +194,8 @@ def fit(
         function), or an `optimistix.AbstractGaussNewton` least-squares solver, e.g.
         `optimistix.LevenbergMarquardt(rtol=1e-10, atol=1e-12)`.
     - `epochs`: The total number of epochs (including those of a resumed checkpoint).
-    - `steps_per_interval`: Solver steps between consecutive observations.
+    - `steps_per_interval`: Solver steps between consecutive observations: `"auto"`
+        (see above) or a positive integer, the same for every window.
     - `batch_size`: Intervals per optimiser step. Defaults to all of them (the only
         choice with a least-squares solver).
     - `key`: A `jax.random.PRNGKey` for the minibatches; needed with `batch_size`.
@@ -157,6 +206,9 @@ def fit(
     - `checkpoint`: A file to save to and resume from.
     - `checkpoint_every`: Epochs between checkpoints.
     - `progress`: Whether to show a progress bar with the loss.
+    - `noise`: The standard deviation of the observations' noise, relative to each
+        component's largest magnitude in the data, if known. By default it is
+        estimated from the residuals.
 
     **Returns:**
 
@@ -166,96 +218,160 @@ def fit(
     observations = as_observations(ts, ys)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer, got {epochs!r}.")
-    if (
+    auto = isinstance(steps_per_interval, str) and steps_per_interval == "auto"
+    if not auto and (
         isinstance(steps_per_interval, bool)
         or not isinstance(steps_per_interval, int)
         or steps_per_interval < 1
     ):
         raise ValueError(
-            f"`steps_per_interval` must be a positive integer, got "
+            f"`steps_per_interval` must be a positive integer or 'auto', got "
             f"{steps_per_interval!r}."
         )
-    windows = windows_from(observations, steps_per_interval)
+    windows = windows_from(observations, 1 if auto else steps_per_interval)
     num_windows, size = windows.y0.shape
     optimisation_ = optimisation(optimiser, num_windows, batch_size, key)
     scale = _checked_scale(scale, size, windows.y0.dtype)
 
     trainable, frozen = eqx.partition(vector_field, filter_spec)
-    residuals = Residuals(frozen, windows, scale, solver, steps_per_interval, args=args)
+    residuals = Residuals(frozen, windows, scale, solver, windows.max_steps, args=args)
     opt_state = optimisation_.init(trainable, residuals)
     losses: list[float] = []
     checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_path is not None and checkpoint_path.exists():
-        trainable, opt_state, losses = load_checkpoint(
-            checkpoint_path, trainable, opt_state
-        )
-
-    last_good = trainable
-    best_loss, best = math.inf, trainable
-    message = ""
+        saved = load_checkpoint(checkpoint_path, trainable, opt_state, num_windows)
+        trainable, opt_state, losses = saved.trainable, saved.opt_state, saved.losses
+        residuals = residuals.with_steps(saved.steps)
+    data_scale_ = data_scale(observations.ys)
     with tqdm.tqdm(
         total=epochs, initial=min(len(losses), epochs), disable=not progress
     ) as bar:
-        epoch_start = trainable, opt_state
-        try:
-            for epoch in range(len(losses), epochs):
-                epoch_start = trainable, opt_state
-                outcome = optimisation_.epoch(
-                    epoch, trainable, opt_state, last_good, residuals
-                )
-                trainable, opt_state = outcome.trainable, outcome.opt_state
-                last_good = outcome.last_good
-                if outcome.failure:
-                    message = f"Training stopped in epoch {epoch}: {outcome.failure}."
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
-                    break
-                losses.append(outcome.loss)
-                # A full batch's loss is that of the parameters before its step, a
-                # least-squares step's that of the parameters after it; a minibatch
-                # epoch's loss belongs to no single set of parameters: keep those at
-                # the end of the best epoch.
-                if outcome.loss < best_loss:
-                    best_loss = outcome.loss
-                    before_step = optimisation_.loss_before_step
-                    best = epoch_start[0] if before_step else trainable
-                bar.set_postfix(loss=f"{outcome.loss:.4e}")
-                bar.update()
-                if checkpoint_path is not None and (
-                    len(losses) % checkpoint_every == 0
-                    or len(losses) == epochs
-                    or outcome.converged
-                ):
-                    save_checkpoint(
-                        checkpoint_path, Checkpoint(trainable, opt_state, losses)
-                    )
-                if outcome.converged:
-                    break
-        except KeyboardInterrupt:
-            # Drop the interrupted epoch, so that resuming repeats it exactly.
-            trainable, opt_state = epoch_start
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path, Checkpoint(trainable, opt_state, losses)
-                )
-            message = (
-                f"Training interrupted in epoch {len(losses)}. The result holds the "
-                "parameters with the lowest loss so far"
-                + (
-                    "; the checkpoint holds the state to resume from."
-                    if checkpoint_path is not None
-                    else "."
-                )
+        while True:
+            state = _train_round(
+                optimisation_,
+                residuals,
+                _RoundState(trainable, opt_state, losses),
+                epochs,
+                checkpoint_path,
+                checkpoint_every,
+                bar,
             )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if best_loss < math.inf:
-                trainable = best
+            trainable, opt_state = state.trainable, state.opt_state
+            message = state.message
+            if message or not auto or len(losses) >= epochs:
+                break
+            # Double the steps of every window whose prediction changes with twice
+            # the steps by more than the data allow, and train on from here.
+            errors = window_errors(residuals, trainable, data_scale_)
+            steps = residuals.windows.steps
+            refine = errors.refine(noise) & (steps < MAX_AUTO_STEPS)
+            if not bool(jnp.any(refine)):
+                break
+            residuals = residuals.with_steps(jnp.where(refine, 2 * steps, steps))
+            opt_state = optimisation_.init(trainable, residuals)
+    model = eqx.combine(trainable, frozen)
+    verification = verify(model, observations, residuals, trainable, noise)
+    residual_noise = None if noise is None else noise * data_scale_ / np.asarray(scale)
+    uncertainty_ = uncertainty(model, residuals, trainable, residual_noise)
+    if not verification.verified:
+        warnings.warn(
+            f"The trained model does not reproduce the data: {verification.message}.",
+            UnverifiedFitWarning,
+            stacklevel=2,
+        )
     return FitResult(
-        model=eqx.combine(trainable, frozen),
+        model=model,
         losses=np.asarray(losses),
         opt_state=opt_state,
         stopped_early=bool(message),
         message=message,
+        verification=verification,
+        uncertainty=uncertainty_,
+        steps=np.asarray(residuals.windows.steps).reshape(observations.ts.shape[0], -1),
     )
+
+
+class _RoundState(NamedTuple):
+    trainable: PyTree
+    opt_state: PyTree
+    # The loss of every epoch so far, of this round and the earlier ones.
+    losses: list[float]
+    message: str = ""
+
+
+def _train_round(
+    optimisation_: AbstractOptimisation,
+    residuals: Residuals,
+    state: _RoundState,
+    epochs: int,
+    checkpoint_path: pathlib.Path | None,
+    checkpoint_every: int,
+    bar: tqdm.tqdm,
+) -> _RoundState:
+    """Epochs on the windows in their current numbers of steps, until the optimiser
+    converges or `epochs` epochs in all; appends to `state.losses` in place."""
+    trainable, opt_state, losses, _ = state
+    steps = residuals.windows.steps
+
+    def save():
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path,
+                Checkpoint(trainable, opt_state, losses, steps),
+            )
+
+    last_good = trainable
+    best_loss, best = math.inf, trainable
+    message = ""
+    epoch_start = trainable, opt_state
+    try:
+        for epoch in range(len(losses), epochs):
+            epoch_start = trainable, opt_state
+            outcome = optimisation_.epoch(
+                epoch, trainable, opt_state, last_good, residuals
+            )
+            trainable, opt_state = outcome.trainable, outcome.opt_state
+            last_good = outcome.last_good
+            if outcome.failure:
+                message = f"Training stopped in epoch {len(losses)}: {outcome.failure}."
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                break
+            losses.append(outcome.loss)
+            # A full batch's loss is that of the parameters before its step, a
+            # least-squares step's that of the parameters after it; a minibatch
+            # epoch's loss belongs to no single set of parameters: keep those at
+            # the end of the best epoch.
+            if outcome.loss < best_loss:
+                best_loss = outcome.loss
+                before_step = optimisation_.loss_before_step
+                best = epoch_start[0] if before_step else trainable
+            bar.set_postfix(loss=f"{outcome.loss:.4e}")
+            bar.update()
+            if (
+                len(losses) % checkpoint_every == 0
+                or len(losses) == epochs
+                or outcome.converged
+            ):
+                save()
+            if outcome.converged:
+                break
+    except KeyboardInterrupt:
+        # Drop the interrupted epoch, so that resuming repeats it exactly.
+        trainable, opt_state = epoch_start
+        save()
+        message = (
+            f"Training interrupted in epoch {len(losses)}. The result holds the "
+            "parameters with the lowest loss so far"
+            + (
+                "; the checkpoint holds the state to resume from."
+                if checkpoint_path is not None
+                else "."
+            )
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if best_loss < math.inf:
+            trainable = best
+    return _RoundState(trainable, opt_state, losses, message)
 
 
 def _checked_scale(

@@ -318,7 +318,7 @@ def test_least_squares_steps_are_optimistix_steps(tmp_path):
     solver = din.solver_from_name("radau3")
     least_squares = optx.LevenbergMarquardt(rtol=1e-10, atol=1e-12)
     options: dict[str, Any] = dict(
-        solver=solver, optimiser=least_squares, progress=False
+        solver=solver, optimiser=least_squares, steps_per_interval=1, progress=False
     )
     model = Exponential(jnp.array(3.0))  # The data decays with rate 2.
     result = din.fit(model, ts, ys, epochs=50, **options)
