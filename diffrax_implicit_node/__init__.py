@@ -1,6 +1,10 @@
 from importlib.metadata import version as _version
 
-from ._examples import Example as Example, EXAMPLES as EXAMPLES
+from ._examples import (
+    CoefficientComparison as CoefficientComparison,
+    Example as Example,
+    EXAMPLES as EXAMPLES,
+)
 from ._interpolation import (
     LocalPolynomialInterpolation as LocalPolynomialInterpolation,
 )

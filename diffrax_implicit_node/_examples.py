@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -244,9 +245,7 @@ class Example(eqx.Module):
         learned = PiNet(self.size, self.size, self.degree, self.width, key=key)
         return NeuralVectorField(learned, self.known)
 
-    def compare(
-        self, learned: list[sympy.Expr]
-    ) -> list[dict[str, dict[str, float | None]]]:
+    def compare(self, learned: list[sympy.Expr]) -> list["CoefficientComparison"]:
         """Compares learned equations with the true ones, coefficient by coefficient.
 
         **Arguments:**
@@ -255,27 +254,50 @@ class Example(eqx.Module):
 
         **Returns:**
 
-        For each state component, a dictionary from every monomial of the true or the
-        learned polynomial (as SymPy prints it) to `{"true": a, "learned": â,
-        "relative_error": |â - a| / |a|}`; a missing monomial has coefficient 0, and
-        the relative error of a monomial absent from the truth is `None`.
+        One [`diffrax_implicit_node.CoefficientComparison`][] for every monomial of
+        the true or the learned polynomial of each state component; a missing
+        monomial has coefficient 0.
         """
         variables = sympy.symbols(f"x0:{self.size}")
         comparison = []
-        for true, guess in zip(self.true_equations(), learned, strict=True):
+        for variable, true, guess in zip(
+            variables, self.true_equations(), learned, strict=True
+        ):
             true_coefficients = coefficients(true, variables)
             learned_coefficients = coefficients(guess, variables)
-            rows: dict[str, dict[str, float | None]] = {}
             for monomial in {**true_coefficients, **learned_coefficients}:
                 a = true_coefficients.get(monomial, 0.0)
                 a_hat = learned_coefficients.get(monomial, 0.0)
-                rows[monomial] = dict(
-                    true=a,
-                    learned=a_hat,
-                    relative_error=abs(a_hat - a) / abs(a) if a else None,
+                comparison.append(
+                    CoefficientComparison(
+                        equation=str(variable),
+                        monomial=monomial,
+                        true=a,
+                        learned=a_hat,
+                        relative_error=abs(a_hat - a) / abs(a) if a else None,
+                    )
                 )
-            comparison.append(rows)
         return comparison
+
+
+class CoefficientComparison(NamedTuple):
+    """One coefficient of learned equations against the truth, from
+    [`diffrax_implicit_node.Example.compare`][].
+
+    **Attributes:**
+
+    - `equation`: The state component whose equation it is in, `"x0"`, `"x1"`, ...
+    - `monomial`: The monomial, as SymPy prints it (`"x0*x1"`, `"1"`).
+    - `true`, `learned`: The true and the learned coefficient (0 where absent).
+    - `relative_error`: $|\hat a - a| / |a|$; `None` for a monomial absent from the
+        truth (then `learned` itself is the error).
+    """
+
+    equation: str
+    monomial: str
+    true: float
+    learned: float
+    relative_error: float | None
 
 
 EXAMPLES: dict[str, Example] = {

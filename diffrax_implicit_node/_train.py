@@ -96,7 +96,8 @@ def fit(
     Every pair of consecutive observations $(t_k, y_k), (t_{k+1}, y_{k+1})$ of a
     trajectory (a *window*) is an initial value problem from $y_k$, integrated over
     $[t_k, t_{k+1}]$ by `solver` in equal steps, giving $\hat y_{k+1}$. All
-    windows of all trajectories are solved at once (`jax.vmap`) and the loss is the sum of squared residuals
+    windows of all trajectories are solved at once (`jax.vmap`) and the loss is the
+    sum of squared residuals
 
     $$\mathcal{L} = \sum_{b, k, i}
     \left(\frac{\hat y_{b, k+1, i} - y_{b, k+1, i}}{s_i}\right)^2,$$

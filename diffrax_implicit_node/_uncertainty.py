@@ -10,7 +10,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import sympy
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Float, PyTree
 
 from ._model import NeuralVectorField
 from ._pinet import PiNet
@@ -67,7 +67,8 @@ class _Polynomials(eqx.Module):
     """Polynomials with coefficient matrix `coefficients[output, monomial]`."""
 
     coefficients: Float[Array, "out monomials"]
-    exponents: Int[np.ndarray, "monomials n"] = eqx.field(static=True)
+    # One tuple of exponents per monomial (static: hashable, not an array).
+    exponents: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
     def __call__(self, y: Float[Array, " n"]) -> Float[Array, " out"]:
         exponents = jnp.asarray(self.exponents, dtype=y.dtype)
@@ -96,7 +97,8 @@ def _as_polynomials(pinet: PiNet) -> tuple[_Polynomials, list[str]]:
     ]
     learned = [coefficients(e, variables) for e in to_sympy(pinet, variables)]
     matrix = np.array([[c.get(m, 0.0) for m in monomials] for c in learned])
-    return _Polynomials(jnp.asarray(matrix), exponents), monomials
+    static_exponents = tuple(tuple(int(k) for k in e) for e in exponents)
+    return _Polynomials(jnp.asarray(matrix), static_exponents), monomials
 
 
 def _jacobian(
