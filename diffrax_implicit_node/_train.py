@@ -140,7 +140,8 @@ def fit(
     coefficients. With `steps_per_interval="auto"` (the default), training starts
     with one step per window; whenever the optimiser converges (or at the end of a
     first-order run), every window whose predicted end changes, with twice the
-    steps, by more than a tenth of the data's resolution (see below) gets twice the
+    steps, by more than a tenth of the `noise` (or, if not given, by more than
+    $10^{-5}$), relative to each component's largest magnitude, gets twice the
     steps, and training continues from where it was, until no window needs more
     (at most 256 steps). Windows differ: typically only the first gap of each
     trajectory, where the transient is, needs many. `epochs` bounds all rounds

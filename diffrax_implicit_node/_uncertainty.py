@@ -71,8 +71,13 @@ class _Polynomials(eqx.Module):
     exponents: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
     def __call__(self, y: Float[Array, " n"]) -> Float[Array, " out"]:
-        exponents = jnp.asarray(self.exponents, dtype=y.dtype)
-        monomials = jnp.prod(y[None, :] ** exponents, axis=1)
+        # Integer powers (a float power of a negative number is NaN).
+        monomials = jnp.stack(
+            [
+                jnp.prod(jnp.stack([y[j] ** k for j, k in enumerate(e)]))
+                for e in self.exponents
+            ]
+        )
         return self.coefficients @ monomials
 
 

@@ -130,8 +130,12 @@ class WindowErrors(eqx.Module):
         return max(noise, DATA_RTOL)
 
     def refine(self, noise: float | None) -> Bool[Array, " m"]:
-        """Which windows' discretisation errors exceed a tenth of the resolution."""
-        tolerance = DISCRETISATION_FRACTION * self.resolution(noise)
+        """Which windows' discretisation errors exceed a tenth of the resolution:
+        of the `noise` given, else of `DATA_RTOL`. (Not of the residuals: those of
+        a fit stuck in a poor minimum are large, and would stop the refinement
+        that may free it.)"""
+        resolution = max(noise, DATA_RTOL) if noise is not None else DATA_RTOL
+        tolerance = DISCRETISATION_FRACTION * resolution
         return ~(jnp.max(jnp.abs(self.change), axis=1) <= tolerance)
 
 
