@@ -271,6 +271,12 @@ def fit(
                 break
             residuals = residuals.with_steps(jnp.where(refine, 2 * steps, steps))
             opt_state = optimisation_.init(trainable, residuals)
+            if checkpoint_path is not None:
+                # Resuming from here starts the next round, as this run does.
+                save_checkpoint(
+                    checkpoint_path,
+                    Checkpoint(trainable, opt_state, losses, residuals.windows.steps),
+                )
     model = eqx.combine(trainable, frozen)
     verification = verify(model, observations, residuals, trainable, noise)
     residual_noise = None if noise is None else noise * data_scale_ / np.asarray(scale)

@@ -106,12 +106,19 @@ def _as_polynomials(pinet: PiNet) -> tuple[_Polynomials, list[str]]:
     return _Polynomials(jnp.asarray(matrix), static_exponents), monomials
 
 
-def _jacobian(
-    residuals: Residuals, quantities: Float[Array, " p"], unflatten
-) -> Float[Array, "r p"]:
-    return eqx.filter_jit(jax.jacfwd(lambda q, r: r(unflatten(q))))(
-        quantities, residuals
-    )
+@eqx.filter_jit
+def _residuals_and_jacobian(
+    residuals: Residuals, trainable: PyTree
+) -> tuple[Float[Array, " r"], Float[Array, "r p"]]:
+    # Compiled once per structure of model and data, reused by every fit.
+    flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
+
+    def value_and_value(q):
+        value = residuals(unflatten(q))
+        return value, value
+
+    jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
+    return value, jacobian
 
 
 def uncertainty(
@@ -149,15 +156,14 @@ def uncertainty(
         )
     else:
         names = None
-    flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
+    flat, _ = jax.flatten_util.ravel_pytree(trainable)
     if names is None:
         names = tuple(f"p[{i}]" for i in range(flat.size))
-    values = np.asarray(residuals(trainable))
+    values, jacobian = map(np.asarray, _residuals_and_jacobian(residuals, trainable))
     if not np.all(np.isfinite(values)):
         # A solve failed: there is no linearisation to speak of.
         nan = np.full(len(names), np.nan)
         return Uncertainty(names, np.asarray(flat), nan, nan, (), float("nan"))
-    jacobian = np.asarray(_jacobian(residuals, flat, unflatten))
     size = residuals.windows.y1.shape[1]
     if noise is not None:
         # Weight each residual by its component's noise: then unit variance.
