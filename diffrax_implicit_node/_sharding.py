@@ -167,20 +167,35 @@ class DataParallel(eqx.Module):
         """Pads the windows (a record of arrays with a leading window axis and a
         `weight` field) and places them on the mesh. On several hosts, `windows` are
         this process's own; the global windows are their concatenation."""
+        padded = jax.tree.map(self.shard_per_window, windows)
         extra = self.num_padded - self.num_windows
-        padded = jax.tree.map(lambda x: _padded(x, extra), windows)
         weight = jnp.concatenate(
             [windows.weight, jnp.zeros(extra, dtype=windows.weight.dtype)]
         )
-        padded = eqx.tree_at(lambda w: w.weight, padded, weight)
+        return eqx.tree_at(lambda w: w.weight, padded, self.shard_per_window(weight))
+
+    def shard_per_window(self, x: Array) -> Array:
+        """Pads an array of one entry per window (such as their numbers of steps)
+        with copies of the first window's, and splits it across the devices."""
+        if len(x) < self.num_padded:
+            x = _padded(jnp.asarray(x), self.num_padded - self.num_windows)
         if jax.process_count() == 1:
-            return jax.device_put(padded, self.windows_sharding)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(
-                self.windows_sharding, np.asarray(x)
-            ),
-            padded,
+            return jax.device_put(x, self.windows_sharding)
+        return jax.make_array_from_process_local_data(
+            self.windows_sharding, np.asarray(x)
         )
+
+    def real_windows(self, x: Array) -> np.ndarray:
+        """A host copy of an array of one entry per window, without the padding."""
+        return np.asarray(x)[: self.num_windows]
+
+    def without_padding(self, residuals: PyTree) -> PyTree:
+        """`residuals` (with a field `windows`) of the real windows only, for
+        statistics over them."""
+        if self.num_padded == self.num_windows:
+            return residuals
+        cut = jax.tree.map(lambda x: x[: self.num_windows], residuals.windows)
+        return eqx.tree_at(lambda r: r.windows, residuals, cut)
 
     def replicate(self, tree: PyTree) -> PyTree:
         """Places every array of `tree` on every device."""
@@ -234,12 +249,8 @@ class DataParallel(eqx.Module):
     ) -> tuple[PyTree, PyTree]:
         """Host arrays (zeros) of the shapes that `(trainable, init(trainable,
         residuals))` have without the padding of `residuals.windows`: only a
-        least-squares state, which holds the residuals and their Jacobian, differs.
-        (On several hosts the padding is spread among the windows and stays: such a
-        checkpoint resumes on the same hosts and devices only.)"""
-        if self.num_padded > self.num_windows and jax.process_count() == 1:
-            cut = jax.tree.map(lambda x: x[: self.num_windows], residuals.windows)
-            residuals = eqx.tree_at(lambda r: r.windows, residuals, cut)
+        least-squares state, which holds the residuals and their Jacobian, differs."""
+        residuals = self.without_padding(residuals)
         shapes = eqx.filter_eval_shape(lambda t: (t, init(t, residuals)), trainable)
         return jax.tree.map(
             lambda x: (
@@ -286,14 +297,16 @@ def data_parallel(
     """The layout of `num_windows` windows on `devices` (default: one): padded to
     a multiple of the device count, with at least one padding window if minibatches
     of `batch_size` need one to fill up to that multiple. On several hosts, the
-    counts are this process's own and its devices' (each host pads its own part
-    to the same size)."""
+    counts are this process's own and its devices', and there is no padding."""
     mesh = device_mesh(1 if devices is None else devices)
     count = len(mesh.local_devices)
     minibatches = batch_size is not None and batch_size != num_windows
     needed = num_windows + int(minibatches and batch_size % count != 0)
-    if jax.process_count() > 1:
-        if minibatches:
-            raise ValueError("Minibatches (`batch_size`) need a single host.")
-        needed = int(np.max(multihost_utils.process_allgather(np.asarray(needed))))
+    if jax.process_count() > 1 and (minibatches or num_windows % count != 0):
+        # Padding would lie among the windows (statistics and checkpoints drop it
+        # from the end).
+        raise ValueError(
+            f"On several hosts, each host's windows must divide evenly among its "
+            f"{count} devices (this host has {num_windows}), without minibatches."
+        )
     return DataParallel(mesh, num_windows, count * math.ceil(needed / count))
