@@ -63,6 +63,13 @@ def _place(x: Any, sharding: NamedSharding) -> Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def _to_host(x: Array) -> np.ndarray:
+    """A NumPy copy of a whole array, gathered from other hosts if need be."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
 class _TallSkinnyQR(lx.AbstractLinearSolver):
     """Least squares `min |A x - b|` for an operator whose first output is split by
     rows across the devices of `mesh` (the residuals of the windows) and whose other
@@ -187,7 +194,7 @@ class DataParallel(eqx.Module):
 
     def real_windows(self, x: Array) -> np.ndarray:
         """A host copy of an array of one entry per window, without the padding."""
-        return np.asarray(x)[: self.num_windows]
+        return _to_host(x)[: self.num_windows]
 
     def without_padding(self, residuals: PyTree) -> PyTree:
         """`residuals` (with a field `windows`) of the real windows only, for
@@ -268,9 +275,7 @@ class DataParallel(eqx.Module):
         def cut(x, like):
             if not eqx.is_array(x):
                 return x
-            if jax.process_count() > 1 and not x.is_fully_addressable:
-                x = multihost_utils.process_allgather(x, tiled=True)
-            return np.asarray(x)[tuple(slice(0, n) for n in like.shape)]
+            return _to_host(x)[tuple(slice(0, n) for n in like.shape)]
 
         leaves, structure = jax.tree.flatten(unpadded)
         return jax.tree.unflatten(structure, map(cut, jax.tree.leaves(tree), leaves))

@@ -6,8 +6,8 @@ a cluster.
     python examples/slurm/fit_multihost.py DATA_DIR [--epochs N] [--out result.json]
 
 `DATA_DIR` holds `part-0.npz`, `part-1.npz`, ... (arrays `ts` and `ys`, as for the
-command line's `fit`), one per process, each with the same number of windows or
-nearly (the shorter ones are padded).
+command line's `fit`), one per process, each with a number of windows (gaps between
+observations) that divides evenly among the node's GPUs.
 """
 
 import argparse
