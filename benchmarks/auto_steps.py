@@ -57,7 +57,7 @@ def main() -> None:
     cases = [(TWO_SPECIES, 60), (din.EXAMPLES["nonlinear2d"], 24)]
     if not quick:
         cases.append((din.EXAMPLES["nonlinear3d"], 24))
-    settings = [1, 4, 16, "auto"] if not quick else [1, "auto"]
+    settings = ["auto", 1, 4, 16] if not quick else ["auto", 1]
     rows = []
     for example, points in cases:
         ts, ys = example.data(points)

@@ -33,7 +33,8 @@ class TrainingRun(NamedTuple):
             return f"{low} step(s) per gap"
         more = int(np.sum(steps > low))
         return (
-            f"{low} to {high} steps per gap, more than {low} in {more} of {steps.size}"
+            f"{low} to {high} steps per gap, more than {low} in {more} of "
+            f"{steps.size} gaps"
         )
 
 

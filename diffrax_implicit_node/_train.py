@@ -27,8 +27,10 @@ from ._verify import data_scale, Verification, verify, window_errors
 from ._windows import Residuals, windows_from
 
 
-# Automatic discretisation doubles a window's steps up to this many.
+# Automatic discretisation doubles a window's steps up to this many, checking them at
+# least every so many epochs.
 MAX_AUTO_STEPS = 256
+AUTO_ROUND_EPOCHS = 50
 
 
 class UnverifiedFitWarning(RuntimeWarning):
@@ -143,15 +145,14 @@ def fit(
     transient inside a gap is not resolved, and training can fit the data with the
     *discretisation's* error instead of the right equations: a tiny loss, wrong
     coefficients. With `steps_per_interval="auto"` (the default), training starts
-    with one step per window; whenever the optimiser converges (or at the end of a
-    first-order run), every window whose predicted end changes, with twice the
-    steps, by more than a tenth of the `noise` (or, if not given, by more than
-    $10^{-5}$), relative to each component's largest magnitude, gets twice the
-    steps, and training continues from where it was, until no window needs more
-    (at most 256 steps). Windows differ: typically only the first gap of each
-    trajectory, where the transient is, needs many. `epochs` bounds all rounds
-    together; with a first-order optimiser, which does not converge, the first
-    round takes them all, so pass an integer there.
+    with one step per window; whenever the optimiser converges, and every 50
+    epochs, every window whose predicted end changes, with twice the steps, by more
+    than a tenth of the `noise` (or, if not given, by more than $10^{-5}$),
+    relative to each component's largest magnitude, gets twice the steps, and
+    training continues from where it was, until the optimiser converges with no
+    window needing more (at most 256 steps). Windows differ: typically only the
+    first gap of each trajectory, where the transient is, needs many. `epochs`
+    bounds all rounds together.
 
     **Every fit is verified.** After training, the learned equations are integrated
     from each trajectory's first observation over its whole span with a tight
@@ -292,11 +293,16 @@ def fit(
         total=epochs, initial=min(len(losses), epochs), disable=not progress
     ) as bar:
         while True:
+            # With automatic steps, the discretisation is checked every
+            # `AUTO_ROUND_EPOCHS` epochs, not only at convergence: with too few
+            # steps the optimiser may crawl along a biased valley for ever.
+            until = min(epochs, len(losses) + AUTO_ROUND_EPOCHS) if auto else epochs
             state = _train_round(
                 optimisation_,
                 residuals,
                 _RoundState(trainable, opt_state, losses),
                 epochs,
+                until,
                 None if checkpoint_path is None else save_state,
                 checkpoint_every,
                 bar,
@@ -313,7 +319,9 @@ def fit(
             steps = real.windows.steps
             refine = errors.refine(noise) & (steps < MAX_AUTO_STEPS)
             if not bool(jnp.any(refine)):
-                break
+                if state.converged:
+                    break
+                continue
             residuals = residuals.with_steps(
                 parallel.shard_per_window(jnp.where(refine, 2 * steps, steps))
             )
@@ -326,7 +334,9 @@ def fit(
     residuals = parallel.without_padding(residuals)
     verification = verify(model, observations, residuals, trainable, noise)
     residual_noise = None if noise is None else noise * data_scale_ / np.asarray(scale)
-    uncertainty_ = uncertainty(model, residuals, trainable, residual_noise)
+    uncertainty_ = uncertainty(
+        model, residuals, trainable, residual_noise, observations.ts.shape[1] - 1
+    )
     if not verification.verified:
         warnings.warn(
             f"The trained model does not reproduce the data: {verification.message}.",
@@ -352,6 +362,7 @@ class _RoundState(NamedTuple):
     # The loss of every epoch so far, of this round and the earlier ones.
     losses: list[float]
     message: str = ""
+    converged: bool = False
 
 
 def _train_round(
@@ -359,12 +370,14 @@ def _train_round(
     residuals: Residuals,
     state: _RoundState,
     epochs: int,
+    until: int,
     save_state: Callable[[PyTree, PyTree, Array], None] | None,
     checkpoint_every: int,
     bar: tqdm.tqdm,
 ) -> _RoundState:
     """Epochs on the windows in their current numbers of steps, until the optimiser
-    converges or `epochs` epochs in all; appends to `state.losses` in place."""
+    converges or `until` epochs in all (of at most `epochs`, which decides when to
+    checkpoint); appends to `state.losses` in place."""
     trainable, opt_state, losses, _ = state
     steps = residuals.windows.steps
 
@@ -375,9 +388,10 @@ def _train_round(
     last_good = trainable
     best_loss, best = math.inf, trainable
     message = ""
+    converged = False
     epoch_start = trainable, opt_state
     try:
-        for epoch in range(len(losses), epochs):
+        for epoch in range(len(losses), until):
             epoch_start = trainable, opt_state
             outcome = optimisation_.epoch(
                 epoch, trainable, opt_state, last_good, residuals
@@ -406,6 +420,7 @@ def _train_round(
             ):
                 save()
             if outcome.converged:
+                converged = True
                 break
     except KeyboardInterrupt:
         # Drop the interrupted epoch, so that resuming repeats it exactly.
@@ -423,7 +438,7 @@ def _train_round(
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         if best_loss < math.inf:
             trainable = best
-    return _RoundState(trainable, opt_state, losses, message)
+    return _RoundState(trainable, opt_state, losses, message, converged)
 
 
 def _checked_scale(

@@ -3,6 +3,7 @@ and practically unidentifiable directions, from the Gauss--Newton Jacobian of th
 training residuals at the solution."""
 
 import itertools
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -42,8 +43,8 @@ class Uncertainty(eqx.Module):
         relative to the largest.
     - `unidentifiable`: For each direction whose scaled singular value is below
         1e-9, the names of the quantities it involves.
-    - `noise`: The standard deviation of the residuals used (estimated from them,
-        or the one given), in the units of `fit`'s `scale`.
+    - `noise`: The standard deviation of the observations' noise used (estimated
+        from the residuals, or the one given), in the units of `fit`'s `scale`.
     """
 
     names: tuple[str, ...]
@@ -107,6 +108,54 @@ def _as_polynomials(pinet: PiNet) -> tuple[_Polynomials, list[str]]:
 
 
 @eqx.filter_jit
+def _start_sensitivities(
+    residuals: Residuals, trainable: PyTree
+) -> Float[Array, "m n n"]:
+    """`M[k, i, j]`: how window k's predicted end `i` moves with its start `j`."""
+    windows = residuals.windows
+
+    def predict(y0):
+        moved = eqx.tree_at(lambda w: w.y0, windows, y0)
+        return residuals.predictions(trainable, moved)[0]
+
+    columns = [
+        jax.jvp(predict, (windows.y0,), (jnp.zeros_like(windows.y0).at[:, j].set(1),))[
+            1
+        ]
+        for j in range(windows.y0.shape[1])
+    ]
+    return jnp.stack(columns, axis=-1)
+
+
+class _Exposure(NamedTuple):
+    # A^T J: how each observation's noise (in the residuals' scaled units) moves
+    # the residuals along each column of J, shape (B, T, n, p); and tr(A A^T).
+    matrix: np.ndarray
+    trace: float
+
+
+def _noise_exposure(
+    residuals: Residuals,
+    trainable: PyTree,
+    jacobian: np.ndarray,
+    num_trajectories: int,
+) -> _Exposure:
+    scale = np.asarray(residuals.scale)
+    sensitivity = np.asarray(_start_sensitivities(residuals, trainable))
+    # In the residuals' scaled units.
+    sensitivity = sensitivity / scale[None, :, None] * scale[None, None, :]
+    num_windows, size = sensitivity.shape[:2]
+    per_window = jacobian.reshape(num_windows, size, -1)
+    shape = (num_trajectories, num_windows // num_trajectories, size, -1)
+    matrix = np.zeros((num_trajectories, shape[1] + 1, size, jacobian.shape[1]))
+    # r_k = (prediction_k(y_k) - y_{k+1}) / s.
+    matrix[:, 1:] -= per_window.reshape(shape)
+    matrix[:, :-1] += np.einsum("kij,kip->kjp", sensitivity, per_window).reshape(shape)
+    trace = float(num_windows * size + np.sum(sensitivity**2))
+    return _Exposure(matrix, trace)
+
+
+@eqx.filter_jit
 def _residuals_and_jacobian(
     residuals: Residuals, trainable: PyTree
 ) -> tuple[Float[Array, " r"], Float[Array, "r p"]]:
@@ -126,6 +175,7 @@ def uncertainty(
     residuals: Residuals,
     trainable: PyTree,
     noise: Float[np.ndarray, " n"] | None,
+    windows_per_trajectory: int,
 ) -> Uncertainty:
     """The standard errors of what `fit` learned, and its unidentifiable directions.
 
@@ -135,7 +185,7 @@ def uncertainty(
     many parameters of a PiNet are redundant. The Jacobian is then taken with respect
     to the coefficients of every monomial up to the PiNet's degree, the PiNet
     replaced by the explicit polynomials it equals. `noise`: the standard deviation
-    of each component's residuals, if known.
+    of each component's observations, in the residuals' units, if known.
     """
     if isinstance(model, NeuralVectorField) and isinstance(model.learned, PiNet):
         polynomials, monomials = _as_polynomials(model.learned)
@@ -164,12 +214,14 @@ def uncertainty(
         # A solve failed: there is no linearisation to speak of.
         nan = np.full(len(names), np.nan)
         return Uncertainty(names, np.asarray(flat), nan, nan, (), float("nan"))
-    size = residuals.windows.y1.shape[1]
-    if noise is not None:
-        # Weight each residual by its component's noise: then unit variance.
-        weights = np.tile(1 / np.asarray(noise), values.size // size)
-        jacobian = jacobian * weights[:, None]
-        values = values * weights
+    num_windows, size = residuals.windows.y1.shape
+    # Each observation's noise enters two windows: as the end of one and the start
+    # of the next. So the residuals are correlated, and the covariance of the
+    # estimate is the sandwich (J^T J)^+ J^T A Σ A^T J (J^T J)^+, with A the
+    # derivative of the residuals with respect to the observations.
+    exposure = _noise_exposure(
+        residuals, trainable, jacobian, num_windows // windows_per_trajectory
+    )
     column_norms = np.linalg.norm(jacobian, axis=0)
     usable = column_norms > 0
     scaled = jacobian[:, usable] / column_norms[usable]
@@ -178,14 +230,18 @@ def uncertainty(
     identifiable = relative >= UNIDENTIFIABLE_RATIO
     rank = int(np.sum(identifiable))
     if noise is None:
-        dof = max(values.size - rank, 1)
-        sigma = float(np.sqrt(np.sum(values**2) / dof))
+        # E|r|^2 = σ^2 tr(A A^T), less what the fit absorbs.
+        dof = exposure.trace * max(1 - rank / values.size, 1 / values.size)
+        sigma = np.full(size, np.sqrt(np.sum(values**2) / dof))
     else:
-        sigma = 1.0
-    # Covariance restricted to the identifiable directions, in unscaled units.
+        sigma = np.broadcast_to(np.asarray(noise, dtype=float), (size,))
+    # (J^T J)^+ on the identifiable directions, then the sandwich's diagonal.
     v = vt[identifiable].T / singular[identifiable]
+    pseudo_inverse = (v @ v.T) / np.outer(column_norms[usable], column_norms[usable])
+    exposed = exposure.matrix[..., usable] * sigma[None, None, :, None]
+    spread = exposed.reshape(-1, int(np.sum(usable))) @ pseudo_inverse
     variance = np.full(len(names), np.inf)
-    variance[usable] = sigma**2 * np.sum(v**2, axis=1) / column_norms[usable] ** 2
+    variance[usable] = np.sum(spread**2, axis=0)
     usable_names = [n for n, u in zip(names, usable) if u]
     directions = [
         tuple(usable_names[i] for i in np.flatnonzero(np.abs(row) > _INVOLVED))
@@ -201,5 +257,5 @@ def uncertainty(
         stderr=np.sqrt(variance),
         singular_values=relative,
         unidentifiable=tuple(directions),
-        noise=sigma if noise is None else float(np.max(noise)),
+        noise=float(np.max(sigma)),
     )
