@@ -331,7 +331,7 @@ def _train_round(
     """Epochs on the windows in their current numbers of steps, until the optimiser
     converges or `until` epochs in all (of at most `epochs`, which decides when to
     checkpoint); appends to `state.losses` in place."""
-    trainable, opt_state, losses, _ = state
+    trainable, opt_state, losses = state.trainable, state.opt_state, state.losses
     steps = residuals.windows.steps
 
     def save():
