@@ -228,16 +228,18 @@ def uncertainty(
     _, singular, vt = np.linalg.svd(scaled, full_matrices=False)
     relative = singular / singular[0] if singular.size and singular[0] > 0 else singular
     identifiable = relative >= UNIDENTIFIABLE_RATIO
-    rank = int(np.sum(identifiable))
+    # (J^T J)^+ on the identifiable directions.
+    v = vt[identifiable].T / singular[identifiable]
+    pseudo_inverse = (v @ v.T) / np.outer(column_norms[usable], column_norms[usable])
     if noise is None:
-        # E|r|^2 = σ^2 tr(A A^T), less what the fit absorbs.
-        dof = exposure.trace * max(1 - rank / values.size, 1 / values.size)
+        # E|r|^2 = σ^2 (tr(A A^T) - tr(H A A^T)), H = J (J^T J)^+ J^T the part of
+        # the noise that the fit absorbs.
+        exposed = exposure.matrix[..., usable].reshape(-1, int(np.sum(usable)))
+        absorbed = float(np.sum(pseudo_inverse * (exposed.T @ exposed)))
+        dof = max(exposure.trace - absorbed, 1.0)
         sigma = np.full(size, np.sqrt(np.sum(values**2) / dof))
     else:
         sigma = np.broadcast_to(np.asarray(noise, dtype=float), (size,))
-    # (J^T J)^+ on the identifiable directions, then the sandwich's diagonal.
-    v = vt[identifiable].T / singular[identifiable]
-    pseudo_inverse = (v @ v.T) / np.outer(column_norms[usable], column_norms[usable])
     exposed = exposure.matrix[..., usable] * sigma[None, None, :, None]
     spread = exposed.reshape(-1, int(np.sum(usable))) @ pseudo_inverse
     variance = np.full(len(names), np.inf)

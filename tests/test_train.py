@@ -408,6 +408,7 @@ def test_auto_steps_recover_stiff_data_that_one_step_per_gap_biases():
     assert np.all(auto.steps[:, 0] > 1) and np.all(auto.steps[:, -1] == 1)
 
 
+@pytest.mark.slow
 def test_standard_errors_match_refits_of_noisy_copies():
     # y' = -2 y + 1; the standard errors of one fit against the spread of the
     # estimates over refits of independently noisy copies of the data.
@@ -423,7 +424,7 @@ def test_standard_errors_match_refits_of_noisy_copies():
     )
     model = Relaxation(jnp.array(1.0), jnp.array(0.0))
     estimates, stderrs = [], []
-    for key in jr.split(jr.key(0), 24):
+    for key in jr.split(jr.key(0), 40):
         ys = clean + noise * np.asarray(jr.normal(key, clean.shape))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", din.UnverifiedFitWarning)
