@@ -1,7 +1,11 @@
 from importlib.metadata import version as _version
 
 from . import _citation as _citation  # Registers the solvers with `diffrax.citation`.
-from ._examples import Example as Example, EXAMPLES as EXAMPLES
+from ._examples import (
+    CoefficientComparison as CoefficientComparison,
+    Example as Example,
+    EXAMPLES as EXAMPLES,
+)
 from ._interpolation import (
     LocalPolynomialInterpolation as LocalPolynomialInterpolation,
 )
@@ -35,7 +39,13 @@ from ._symbolic import (
     to_jax as to_jax,
     to_sympy as to_sympy,
 )
-from ._train import fit as fit, FitResult as FitResult
+from ._train import (
+    fit as fit,
+    FitResult as FitResult,
+    UnverifiedFitWarning as UnverifiedFitWarning,
+)
+from ._uncertainty import Uncertainty as Uncertainty
+from ._verify import Verification as Verification
 from ._windows import interval_predictions as interval_predictions
 
 

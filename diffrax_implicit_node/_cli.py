@@ -6,10 +6,8 @@ import json
 import math
 import pathlib
 import sys
-import time
-import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.random as jr
@@ -18,25 +16,26 @@ import sympy
 
 from ._examples import EXAMPLES
 from ._model import NeuralVectorField
-from ._names import (
-    optimiser_from_name,
-    OPTIMISER_NAMES,
-    solver_from_name,
-    SOLVER_NAMES,
-)
+from ._names import OPTIMISER_NAMES, SOLVER_NAMES
 from ._pinet import PiNet
+from ._runs import train_by_name, TrainingRun
 from ._symbolic import coefficients, equations_table, prune, to_sympy
-from ._train import fit, FitResult
+from ._uncertainty import Uncertainty
+from ._verify import Verification
 
 
 class _Defaults(NamedTuple):
     optimiser: str
     epochs: int
-    steps: int
+    steps: int | Literal["auto"]
 
 
 # Stiff data makes the loss ill conditioned: Levenberg-Marquardt copes, L-BFGS stalls.
-_FIT_DEFAULTS = _Defaults(optimiser="levenberg-marquardt", epochs=300, steps=1)
+# The steps per gap are chosen, per gap, until the solver's error is below the data's.
+_FIT_DEFAULTS = _Defaults(optimiser="levenberg-marquardt", epochs=300, steps="auto")
+
+# The exit status of a fit that trained but whose model does not reproduce the data.
+UNVERIFIED_STATUS = 3
 
 
 class _UserError(Exception):
@@ -53,8 +52,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _device_count(text: str) -> int | str:
-    return text if text == "all" else _positive_int(text)
+def _steps(text: str) -> int | Literal["auto"]:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _device_count(text: str) -> int | Literal["all"]:
+    return "all" if text == "all" else _positive_int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--steps",
-            type=_positive_int,
+            type=_steps,
             help="solver steps between consecutive observations, to resolve fast "
-            f"transients inside a gap (default: {steps})",
+            "transients inside a gap: a number, or 'auto' to double them gap by gap "
+            f"until the solver's error is below the data's (default: {steps})",
         )
         command.add_argument(
             "--seed", type=int, default=0, help="initialisation seed (default: 0)"
@@ -249,34 +253,78 @@ def _train(
     ts: np.ndarray,
     ys: np.ndarray,
     options: argparse.Namespace,
-) -> tuple[FitResult, float]:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # An early stop is reported below, in one line.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            result = fit(
-                model,
-                ts,
-                ys,
-                solver=solver_from_name(options.solver),
-                optimiser=optimiser_from_name(options.optimiser),
-                epochs=options.epochs,
-                steps_per_interval=options.steps,
-                progress=not options.quiet,
-                devices=(
-                    len(jax.devices()) if options.devices == "all" else options.devices
-                ),
-            )
-        except ValueError as e:
-            raise _UserError(str(e)) from None
-    if result.stopped_early:
-        print(f"warning: {result.message}", file=sys.stderr)
-    return result, time.perf_counter() - start
+) -> TrainingRun:
+    try:
+        run = train_by_name(
+            model,
+            ts,
+            ys,
+            solver=options.solver,
+            optimiser=options.optimiser,
+            epochs=options.epochs,
+            steps=options.steps,
+            progress=not options.quiet,
+            devices=(
+                len(jax.devices()) if options.devices == "all" else options.devices
+            ),
+        )
+    except ValueError as e:
+        raise _UserError(str(e)) from None
+    if run.result.stopped_early:
+        print(f"warning: {run.result.message}", file=sys.stderr)
+    return run
 
 
-def _final_loss(result: FitResult) -> float:
-    return float(result.losses[-1]) if len(result.losses) else math.nan
+def _summary(run: TrainingRun, options: argparse.Namespace) -> str:
+    return (
+        f"{len(run.result.losses)} epochs of {options.optimiser} with "
+        f"{options.solver} ({run.steps_summary()}), final loss "
+        f"{run.final_loss:.3e}, {run.seconds:.1f} s on {run.result.devices} "
+        "device(s)"
+    )
+
+
+def _report_verification(verification: Verification) -> None:
+    """Says in plain words whether the learned equations can be trusted."""
+    figures = (
+        f"trajectory error {verification.trajectory_error:.1e}, discretisation "
+        f"bias {verification.discretisation_bias:.1e}, data resolution "
+        f"{verification.resolution:.1e}, relative"
+    )
+    if verification.verified:
+        print(f"Verified: the learned equations reproduce the data ({figures}).")
+    else:
+        print(
+            "NOT VERIFIED: the learned equations do NOT reproduce the data; do not "
+            f"trust these coefficients. Why: {verification.message}. ({figures}.)"
+        )
+
+
+def _report_uncertainty(
+    uncertainty: Uncertainty, learned: list[sympy.Expr], variables
+) -> None:
+    stderr = uncertainty.by_equation(uncertainty.stderr)
+    print("Coefficients, +- one standard error:")
+    for i, expression in enumerate(learned):
+        for monomial, value in coefficients(expression, variables).items():
+            error = stderr.get(f"x{i}", {}).get(monomial, math.nan)
+            print(f"  x{i}': {monomial:>10}  {value:>14.8g} +- {error:.2e}")
+    for names in uncertainty.unidentifiable:
+        print(
+            "Not identifiable: the data do not determine the combination of "
+            + ", ".join(names)
+            + " (their standard errors are inf)."
+        )
+
+
+def _uncertainty_json(uncertainty: Uncertainty) -> dict:
+    return dict(
+        stderr={
+            equation: {m: (e if math.isfinite(e) else None) for m, e in rows.items()}
+            for equation, rows in uncertainty.by_equation(uncertainty.stderr).items()
+        },
+        unidentifiable=[list(names) for names in uncertainty.unidentifiable],
+    )
 
 
 def _write_json(path: pathlib.Path | None, content: dict) -> None:
@@ -288,7 +336,7 @@ def _write_json(path: pathlib.Path | None, content: dict) -> None:
         raise _UserError(f"Cannot write {path}: {e}") from None
 
 
-def _reproduce(options: argparse.Namespace) -> None:
+def _reproduce(options: argparse.Namespace) -> bool:
     example = EXAMPLES[options.example]
     if options.points < 2:
         raise _UserError("--points must be at least 2.")
@@ -297,16 +345,15 @@ def _reproduce(options: argparse.Namespace) -> None:
         options,
         _Defaults(example.optimiser, example.epochs, example.steps_per_interval),
     )
-    result, seconds = _train(example.model(jr.key(options.seed)), ts, ys, options)
+    run = _train(example.model(jr.key(options.seed)), ts, ys, options)
+    result = run.result
     assert isinstance(result.model, NeuralVectorField)
     assert isinstance(result.model.learned, PiNet)
     learned = to_sympy(result.model.learned)
     comparison = example.compare(learned)
     print(
         f"{example.name}: {example.description}; {ys.shape[0]} trajectory(ies) x "
-        f"{options.points} points, solver {options.solver} ({options.steps} step(s) "
-        f"per gap), {len(result.losses)} epochs of {options.optimiser}, final loss "
-        f"{_final_loss(result):.3e}, {seconds:.1f} s on {result.devices} device(s)"
+        f"{options.points} points; " + _summary(run, options)
     )
     print()
     print(
@@ -316,48 +363,56 @@ def _reproduce(options: argparse.Namespace) -> None:
     )
     print()
     print("Fractional relative error |learned - true| / |true| of each coefficient:")
-    for i, rows in enumerate(comparison):
-        for monomial, row in rows.items():
-            if row["relative_error"] is not None:
-                print(
-                    f"  x{i}': {monomial:>8}  true {row['true']:>12.6g}  learned "
-                    f"{row['learned']:>14.8g}  error {row['relative_error']:.3e}"
-                )
-    spurious = [
-        abs(row["learned"] or 0.0)
-        for rows in comparison
-        for row in rows.values()
-        if row["relative_error"] is None
-    ]
+    for row in comparison:
+        if row.relative_error is not None:
+            print(
+                f"  {row.equation}': {row.monomial:>8}  true {row.true:>12.6g}  "
+                f"learned {row.learned:>14.8g}  error {row.relative_error:.3e}"
+            )
+    spurious = [abs(row.learned) for row in comparison if row.relative_error is None]
     if spurious:
         print(
             f"  largest coefficient of a monomial not in the truth: {max(spurious):.3e}"
         )
+    _report_verification(result.verification)
     _write_json(
         options.out,
         dict(
             example=example.name,
             solver=options.solver,
             steps_per_interval=options.steps,
+            steps=result.steps.tolist(),
             optimiser=options.optimiser,
             points=options.points,
             epochs=len(result.losses),
             devices=result.devices,
             stopped_early=result.stopped_early,
             message=result.message,
-            final_loss=float(result.losses[-1]) if len(result.losses) else None,
-            seconds=seconds,
+            final_loss=None if math.isnan(run.final_loss) else run.final_loss,
+            seconds=run.seconds,
+            verified=result.verification.verified,
+            verification=result.verification.as_dict(),
+            **_uncertainty_json(result.uncertainty),
             equations={
-                f"x{i}": dict(true=str(true), learned=str(guess), coefficients=rows)
-                for i, (true, guess, rows) in enumerate(
-                    zip(example.true_equations(), learned, comparison)
+                f"x{i}": dict(
+                    true=str(true),
+                    learned=str(guess),
+                    coefficients={
+                        row.monomial: row._asdict()
+                        for row in comparison
+                        if row.equation == f"x{i}"
+                    },
+                )
+                for i, (true, guess) in enumerate(
+                    zip(example.true_equations(), learned)
                 )
             },
         ),
     )
+    return result.verification.verified
 
 
-def _fit(options: argparse.Namespace) -> None:
+def _fit(options: argparse.Namespace) -> bool:
     ts, ys = _read_data(options.data)
     size = np.shape(ys)[-1] if np.ndim(ys) >= 2 else 0
     if size < 1:
@@ -370,21 +425,32 @@ def _fit(options: argparse.Namespace) -> None:
         PiNet(size, size, options.degree, width, key=jr.key(options.seed))
     )
     _fill_in_defaults(options, _FIT_DEFAULTS)
-    result, seconds = _train(model, ts, ys, options)
+    run = _train(model, ts, ys, options)
+    result = run.result
     assert isinstance(result.model, NeuralVectorField)
     assert isinstance(result.model.learned, PiNet)
     variables = sympy.symbols(f"x0:{size}")
     learned = prune(to_sympy(result.model.learned, variables), options.prune)
-    print(
-        f"{len(result.losses)} epochs of {options.optimiser} with {options.solver} "
-        f"({options.steps} step(s) per gap), final loss "
-        f"{_final_loss(result):.3e}, {seconds:.1f} s on {result.devices} device(s)"
-    )
+    print(_summary(run, options))
     print(equations_table({"learned": learned}, variables, digits=6))
+    _report_uncertainty(result.uncertainty, learned, variables)
+    _report_verification(result.verification)
     _write_json(
         options.out,
-        {str(v): coefficients(e, variables) for v, e in zip(variables, learned)},
+        dict(
+            equations={
+                str(v): coefficients(e, variables) for v, e in zip(variables, learned)
+            },
+            **_uncertainty_json(result.uncertainty),
+            verified=result.verification.verified,
+            verification=result.verification.as_dict(),
+            steps=result.steps.tolist(),
+            epochs=len(result.losses),
+            devices=result.devices,
+            final_loss=None if math.isnan(run.final_loss) else run.final_loss,
+        ),
     )
+    return result.verification.verified
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,11 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)
     options = _parser().parse_args(argv)
     try:
-        if options.command == "reproduce":
-            _reproduce(options)
-        else:
-            _fit(options)
+        verified = (_reproduce if options.command == "reproduce" else _fit)(options)
     except _UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if verified else UNVERIFIED_STATUS

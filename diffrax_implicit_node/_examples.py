@@ -1,19 +1,17 @@
 from collections.abc import Callable
+from typing import NamedTuple
 
-import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import sympy
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._model import NeuralVectorField
 from ._names import OPTIMISER_NAMES
 from ._pinet import PiNet
-from ._solver import RadauIIA5
 from ._symbolic import coefficients
+from ._verify import reference_solve
 
 
 # Table 7 of Fronk & Petzold: the 20 initial conditions of the HIRES study.
@@ -221,9 +219,14 @@ class Example(eqx.Module):
                     "The observation times must be a 1-D array that increases "
                     "strictly from 0."
                 )
-        ys = _reference_solve(
-            self.vector_field, jnp.asarray(ts), jnp.asarray(self.initial_conditions)
+        y0s = jnp.asarray(self.initial_conditions)
+        ys, succeeded = reference_solve(
+            self.vector_field,
+            jnp.broadcast_to(jnp.asarray(ts), (len(y0s), len(ts))),
+            y0s,
         )
+        if not bool(jnp.all(succeeded)):
+            raise RuntimeError(f"Example {self.name!r}: the reference solve failed.")
         return ts, np.asarray(ys)
 
     def model(self, key: PRNGKeyArray) -> NeuralVectorField:
@@ -242,9 +245,7 @@ class Example(eqx.Module):
         learned = PiNet(self.size, self.size, self.degree, self.width, key=key)
         return NeuralVectorField(learned, self.known)
 
-    def compare(
-        self, learned: list[sympy.Expr]
-    ) -> list[dict[str, dict[str, float | None]]]:
+    def compare(self, learned: list[sympy.Expr]) -> list["CoefficientComparison"]:
         """Compares learned equations with the true ones, coefficient by coefficient.
 
         **Arguments:**
@@ -253,51 +254,50 @@ class Example(eqx.Module):
 
         **Returns:**
 
-        For each state component, a dictionary from every monomial of the true or the
-        learned polynomial (as SymPy prints it) to `{"true": a, "learned": â,
-        "relative_error": |â - a| / |a|}`; a missing monomial has coefficient 0, and
-        the relative error of a monomial absent from the truth is `None`.
+        One [`diffrax_implicit_node.CoefficientComparison`][] for every monomial of
+        the true or the learned polynomial of each state component; a missing
+        monomial has coefficient 0.
         """
         variables = sympy.symbols(f"x0:{self.size}")
         comparison = []
-        for true, guess in zip(self.true_equations(), learned, strict=True):
+        for variable, true, guess in zip(
+            variables, self.true_equations(), learned, strict=True
+        ):
             true_coefficients = coefficients(true, variables)
             learned_coefficients = coefficients(guess, variables)
-            rows: dict[str, dict[str, float | None]] = {}
             for monomial in {**true_coefficients, **learned_coefficients}:
                 a = true_coefficients.get(monomial, 0.0)
                 a_hat = learned_coefficients.get(monomial, 0.0)
-                rows[monomial] = dict(
-                    true=a,
-                    learned=a_hat,
-                    relative_error=abs(a_hat - a) / abs(a) if a else None,
+                comparison.append(
+                    CoefficientComparison(
+                        equation=str(variable),
+                        monomial=monomial,
+                        true=a,
+                        learned=a_hat,
+                        relative_error=abs(a_hat - a) / abs(a) if a else None,
+                    )
                 )
-            comparison.append(rows)
         return comparison
 
 
-@eqx.filter_jit
-def _reference_solve(
-    vector_field: Callable, ts: Float[Array, " T"], y0s: Float[Array, "B n"]
-) -> Float[Array, "B T n"]:
-    def solve(y0):
-        solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
-            RadauIIA5(),
-            ts[0],
-            ts[-1],
-            None,
-            y0,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(
-                rtol=1e-12, atol=1e-12, norm=optx.max_norm
-            ),
-            max_steps=1_000_000,
-        )
-        assert solution.ys is not None
-        return solution.ys
+class CoefficientComparison(NamedTuple):
+    """One coefficient of learned equations against the truth, from
+    [`diffrax_implicit_node.Example.compare`][].
 
-    return jax.vmap(solve)(y0s)
+    **Attributes:**
+
+    - `equation`: The state component whose equation it is in, `"x0"`, `"x1"`, ...
+    - `monomial`: The monomial, as SymPy prints it (`"x0*x1"`, `"1"`).
+    - `true`, `learned`: The true and the learned coefficient (0 where absent).
+    - `relative_error`: $|\hat a - a| / |a|$; `None` for a monomial absent from the
+        truth (then `learned` itself is the error).
+    """
+
+    equation: str
+    monomial: str
+    true: float
+    learned: float
+    relative_error: float | None
 
 
 EXAMPLES: dict[str, Example] = {

@@ -1,8 +1,7 @@
-"""Data-parallel training: the windows are split across devices along one axis, the
-parameters are replicated, and the reductions (the loss, its gradient, the factors of
-the least-squares Jacobian) are left to XLA's SPMD partitioner, except for one: the
-least-squares solve, which reduces small triangular factors (TSQR) instead of
-gathering the Jacobian onto every device."""
+"""Data-parallel training: the windows are split across devices along one axis and
+the parameters are replicated. XLA's SPMD partitioner reduces the loss and its
+gradient across devices; the least-squares solve reduces small triangular factors
+(TSQR) instead of gathering the Jacobian onto every device."""
 
 import math
 from collections.abc import Callable, Sequence
@@ -50,6 +49,25 @@ def device_mesh(devices: Devices) -> Mesh:
 def _padded(x: Array, extra: int) -> Array:
     # Copies of the first window: their solves succeed whenever a real one does.
     return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)])
+
+
+def _place(x: Any, sharding: NamedSharding) -> Array:
+    """`jax.device_put`; on several hosts, where that cannot reach other hosts'
+    devices, a host value (the same on every host) or a global array is laid out
+    by other means."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.jit(lambda y: y, out_shardings=sharding)(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _to_host(x: Array) -> np.ndarray:
+    """A NumPy copy of a whole array, gathered from other hosts if need be."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
 
 
 class _TallSkinnyQR(lx.AbstractLinearSolver):
@@ -156,25 +174,41 @@ class DataParallel(eqx.Module):
         """Pads the windows (a record of arrays with a leading window axis and a
         `weight` field) and places them on the mesh. On several hosts, `windows` are
         this process's own; the global windows are their concatenation."""
+        padded = jax.tree.map(self.shard_per_window, windows)
         extra = self.num_padded - self.num_windows
-        padded = jax.tree.map(lambda x: _padded(x, extra), windows)
         weight = jnp.concatenate(
             [windows.weight, jnp.zeros(extra, dtype=windows.weight.dtype)]
         )
-        padded = eqx.tree_at(lambda w: w.weight, padded, weight)
+        return eqx.tree_at(lambda w: w.weight, padded, self.shard_per_window(weight))
+
+    def shard_per_window(self, x: Array) -> Array:
+        """Pads an array of one entry per window (such as their numbers of steps)
+        with copies of the first window's, and splits it across the devices."""
+        if len(x) < self.num_padded:
+            x = _padded(jnp.asarray(x), self.num_padded - self.num_windows)
         if jax.process_count() == 1:
-            return jax.device_put(padded, self.windows_sharding)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(
-                self.windows_sharding, np.asarray(x)
-            ),
-            padded,
+            return jax.device_put(x, self.windows_sharding)
+        return jax.make_array_from_process_local_data(
+            self.windows_sharding, np.asarray(x)
         )
+
+    def real_windows(self, x: Array) -> np.ndarray:
+        """A host copy of an array of one entry per window, without the padding."""
+        return _to_host(x)[: self.num_windows]
+
+    def without_padding(self, residuals: PyTree) -> PyTree:
+        """`residuals` (with a field `windows`) of the real windows only, for
+        statistics over them."""
+        if self.num_padded == self.num_windows:
+            return residuals
+        cut = jax.tree.map(lambda x: x[: self.num_windows], residuals.windows)
+        return eqx.tree_at(lambda r: r.windows, residuals, cut)
 
     def replicate(self, tree: PyTree) -> PyTree:
         """Places every array of `tree` on every device."""
         arrays, rest = eqx.partition(tree, eqx.is_array)
-        return eqx.combine(jax.device_put(arrays, self.replicated), rest)
+        arrays = jax.tree.map(lambda x: _place(x, self.replicated), arrays)
+        return eqx.combine(arrays, rest)
 
     def lay_out_state(self, opt_state: PyTree, size: int) -> PyTree:
         """Places an optimiser's state as its step leaves it: arrays with a leading
@@ -188,9 +222,7 @@ class DataParallel(eqx.Module):
             if not eqx.is_array(x):
                 return x
             split = x.ndim > 0 and x.shape[0] == rows
-            return jax.device_put(
-                x, self.windows_sharding if split else self.replicated
-            )
+            return _place(x, self.windows_sharding if split else self.replicated)
 
         return jax.tree.map(place, opt_state)
 
@@ -201,7 +233,7 @@ class DataParallel(eqx.Module):
         indices = jnp.concatenate(
             [indices, jnp.full(extra, self.num_padded - 1, dtype=indices.dtype)]
         )
-        return jax.device_put(indices, self.windows_sharding)
+        return _place(indices, self.windows_sharding)
 
     def with_sharded_solve(
         self, optimiser: optx.AbstractGaussNewton
@@ -225,9 +257,7 @@ class DataParallel(eqx.Module):
         """Host arrays (zeros) of the shapes that `(trainable, init(trainable,
         residuals))` have without the padding of `residuals.windows`: only a
         least-squares state, which holds the residuals and their Jacobian, differs."""
-        if self.num_padded > self.num_windows:
-            cut = jax.tree.map(lambda x: x[: self.num_windows], residuals.windows)
-            residuals = eqx.tree_at(lambda r: r.windows, residuals, cut)
+        residuals = self.without_padding(residuals)
         shapes = eqx.filter_eval_shape(lambda t: (t, init(t, residuals)), trainable)
         return jax.tree.map(
             lambda x: (
@@ -245,9 +275,7 @@ class DataParallel(eqx.Module):
         def cut(x, like):
             if not eqx.is_array(x):
                 return x
-            if jax.process_count() > 1 and not x.is_fully_addressable:
-                x = multihost_utils.process_allgather(x, tiled=True)
-            return np.asarray(x)[tuple(slice(0, n) for n in like.shape)]
+            return _to_host(x)[tuple(slice(0, n) for n in like.shape)]
 
         leaves, structure = jax.tree.flatten(unpadded)
         return jax.tree.unflatten(structure, map(cut, jax.tree.leaves(tree), leaves))
@@ -262,11 +290,7 @@ class DataParallel(eqx.Module):
                 return like
             if np.shape(x) != like.shape:
                 x = np.pad(x, [(0, n - m) for m, n in zip(np.shape(x), like.shape)])
-            if jax.process_count() == 1:
-                return jax.device_put(x, like.sharding)
-            return jax.make_array_from_callback(
-                like.shape, like.sharding, lambda index: x[index]
-            )
+            return _place(x, like.sharding)
 
         leaves, structure = jax.tree.flatten(like)
         return jax.tree.unflatten(structure, map(pad, jax.tree.leaves(tree), leaves))
@@ -278,9 +302,16 @@ def data_parallel(
     """The layout of `num_windows` windows on `devices` (default: one): padded to
     a multiple of the device count, with at least one padding window if minibatches
     of `batch_size` need one to fill up to that multiple. On several hosts, the
-    counts are this process's own and its devices' (each host pads its own part)."""
+    counts are this process's own and its devices', and there is no padding."""
     mesh = device_mesh(1 if devices is None else devices)
     count = len(mesh.local_devices)
     minibatches = batch_size is not None and batch_size != num_windows
     needed = num_windows + int(minibatches and batch_size % count != 0)
+    if jax.process_count() > 1 and (minibatches or num_windows % count != 0):
+        # Padding would lie among the windows (statistics and checkpoints drop it
+        # from the end).
+        raise ValueError(
+            f"On several hosts, each host's windows must divide evenly among its "
+            f"{count} devices (this host has {num_windows}), without minibatches."
+        )
     return DataParallel(mesh, num_windows, count * math.ceil(needed / count))

@@ -6,6 +6,7 @@ import os
 import pathlib
 import warnings
 from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -19,9 +20,22 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ._data import as_observations
-from ._optimise import optimisation
+from ._optimise import AbstractOptimisation, optimisation
 from ._sharding import data_parallel, Devices
+from ._uncertainty import Uncertainty, uncertainty
+from ._verify import data_scale, Verification, verify, window_errors
 from ._windows import Residuals, windows_from
+
+
+# Automatic discretisation doubles a window's steps up to this many, checking them at
+# least every so many epochs.
+MAX_AUTO_STEPS = 256
+AUTO_ROUND_EPOCHS = 50
+
+
+class UnverifiedFitWarning(RuntimeWarning):
+    """Warned by [`diffrax_implicit_node.fit`][] when the trained model does not
+    reproduce the data (see [`diffrax_implicit_node.Verification`][])."""
 
 
 class FitResult(eqx.Module):
@@ -41,6 +55,15 @@ class FitResult(eqx.Module):
         solver, or when interrupted (Ctrl-C). Not when a least-squares solver
         converges: then `losses` is just shorter than the number of epochs.
     - `message`: Why training stopped early; empty otherwise.
+    - `verification`: Whether the trained model reproduces the data, with the
+        figures: a [`diffrax_implicit_node.Verification`][]. A small final loss is
+        not enough: with too few solver steps per gap the discretisation, not the
+        equations, can fit the data.
+    - `uncertainty`: The standard errors of the learned coefficients (of a PiNet; else
+        of the trainable parameters) and the directions the data do not determine:
+        a [`diffrax_implicit_node.Uncertainty`][].
+    - `steps`: The solver steps of each window (gap between observations) in the
+        final round of training, a NumPy array of shape `(B, T - 1)`.
     - `devices`: The number of devices trained on.
     """
 
@@ -49,6 +72,9 @@ class FitResult(eqx.Module):
     opt_state: PyTree
     stopped_early: bool
     message: str
+    verification: Verification
+    uncertainty: Uncertainty
+    steps: np.ndarray
     devices: int = 1
 
 
@@ -60,7 +86,7 @@ def fit(
     solver: diffrax.AbstractSolver,
     optimiser: optax.GradientTransformation | optx.AbstractGaussNewton,
     epochs: int,
-    steps_per_interval: int = 1,
+    steps_per_interval: int | Literal["auto"] = "auto",
     batch_size: int | None = None,
     key: PRNGKeyArray | None = None,
     args: PyTree = None,
@@ -69,15 +95,16 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool = True,
+    noise: float | None = None,
     devices: Devices | None = None,
 ) -> FitResult:
     r"""Trains a neural ODE on observations by *discretize-then-optimize*.
 
     Every pair of consecutive observations $(t_k, y_k), (t_{k+1}, y_{k+1})$ of a
-    trajectory is an initial value problem from $y_k$, integrated over
-    $[t_k, t_{k+1}]$ by `solver` in `steps_per_interval` equal steps, giving
-    $\hat y_{k+1}$. All intervals of all trajectories are solved at once (`jax.vmap`)
-    and the loss is the sum of squared residuals
+    trajectory (a *window*) is an initial value problem from $y_k$, integrated over
+    $[t_k, t_{k+1}]$ by `solver` in equal steps, giving $\hat y_{k+1}$. All
+    windows of all trajectories are solved at once (`jax.vmap`) and the loss is the
+    sum of squared residuals
 
     $$\mathcal{L} = \sum_{b, k, i}
     \left(\frac{\hat y_{b, k+1, i} - y_{b, k+1, i}}{s_i}\right)^2,$$
@@ -114,6 +141,30 @@ def fit(
     solver instead rejects a trial step whose solves fail and shrinks its trust
     region; only non-finite residuals at the starting parameters stop it.)
 
+    **The discretisation is chosen for you.** With few steps per gap, a fast
+    transient inside a gap is not resolved, and training can fit the data with the
+    *discretisation's* error instead of the right equations: a tiny loss, wrong
+    coefficients. With `steps_per_interval="auto"` (the default), training starts
+    with one step per window; whenever the optimiser converges, and every 50
+    epochs, every window whose predicted end changes, with twice the steps, by more
+    than a tenth of the `noise` (or, if not given, by more than $10^{-5}$),
+    relative to each component's largest magnitude, gets twice the steps, and
+    training continues from where it was, until the optimiser converges with no
+    window needing more (at most 256 steps). Windows differ: typically only the
+    first gap of each trajectory, where the transient is, needs many. `epochs`
+    bounds all rounds together.
+
+    **Every fit is verified.** After training, the learned equations are integrated
+    from each trajectory's first observation over its whole span with a tight
+    adaptive `RadauIIA5`, and compared with the data; and the residuals are
+    recomputed with twice the steps (the discretisation bias). If the model misses
+    the data by more than twice the data's *resolution* (the `noise` given, or the
+    root mean square of the residuals, at least $10^{-4}$, all relative to each
+    component's largest magnitude) or the bias exceeds a tenth of it, `fit` warns
+    (`UnverifiedFitWarning`) and `result.verification.verified` is `False`. Then the
+    standard error of every learned coefficient and the practically unidentifiable
+    directions are computed (`result.uncertainty`).
+
     An interruption (`KeyboardInterrupt`, Ctrl-C) also stops training with a warning:
     the result holds the parameters with the lowest loss so far, and the checkpoint,
     if any, is saved at the end of the last completed epoch.
@@ -125,8 +176,8 @@ def fit(
     Pass the same initial `vector_field`, data and options as before (the number of
     devices may differ).
 
-    With `devices`, training is data parallel: the intervals are split evenly across
-    the devices (padded, if their number does not divide evenly, with intervals that
+    With `devices`, training is data parallel: the windows are split evenly across
+    the devices (padded, if their number does not divide evenly, with windows that
     count zero) and the parameters are replicated on each. The loss, its gradient and
     the triangular factors of a least-squares solver's Jacobian are reduced across
     devices, so that each device holds only its share of the solves and of the rows of
@@ -160,7 +211,8 @@ def fit(
         function), or an `optimistix.AbstractGaussNewton` least-squares solver, e.g.
         `optimistix.LevenbergMarquardt(rtol=1e-10, atol=1e-12)`.
     - `epochs`: The total number of epochs (including those of a resumed checkpoint).
-    - `steps_per_interval`: Solver steps between consecutive observations.
+    - `steps_per_interval`: Solver steps between consecutive observations: `"auto"`
+        (see above) or a positive integer, the same for every window.
     - `batch_size`: Intervals per optimiser step. Defaults to all of them (the only
         choice with a least-squares solver).
     - `key`: A `jax.random.PRNGKey` for the minibatches; needed with `batch_size`.
@@ -171,9 +223,12 @@ def fit(
     - `checkpoint`: A file to save to and resume from.
     - `checkpoint_every`: Epochs between checkpoints.
     - `progress`: Whether to show a progress bar with the loss.
+    - `noise`: The standard deviation of the observations' noise, relative to each
+        component's largest magnitude in the data, if known. By default it is
+        estimated from the residuals.
     - `devices`: The devices to train on: a number (the first that many of
         `jax.devices()`), a sequence of devices, or a `jax.sharding.Mesh` (the
-        intervals are split across all its axes). Defaults to one device.
+        windows are split across all its axes). Defaults to one device.
 
     **Returns:**
 
@@ -183,16 +238,17 @@ def fit(
     observations = as_observations(ts, ys)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer, got {epochs!r}.")
-    if (
+    auto = isinstance(steps_per_interval, str) and steps_per_interval == "auto"
+    if not auto and (
         isinstance(steps_per_interval, bool)
         or not isinstance(steps_per_interval, int)
         or steps_per_interval < 1
     ):
         raise ValueError(
-            f"`steps_per_interval` must be a positive integer, got "
+            f"`steps_per_interval` must be a positive integer or 'auto', got "
             f"{steps_per_interval!r}."
         )
-    windows = windows_from(observations, steps_per_interval)
+    windows = windows_from(observations, 1 if auto else steps_per_interval)
     num_windows, size = windows.y0.shape
     parallel = data_parallel(devices, num_windows, batch_size)
     optimisation_ = optimisation(optimiser, num_windows, batch_size, key, parallel)
@@ -207,7 +263,7 @@ def fit(
         parallel.shard_windows(windows),
         scale,
         solver,
-        steps_per_interval,
+        windows.max_steps,
         args=args,
     )
     opt_state = parallel.lay_out_state(optimisation_.init(trainable, residuals), size)
@@ -217,76 +273,172 @@ def fit(
         # Checkpoints hold host arrays without padding, for any number of devices.
         unpadded = parallel.unpadded(optimisation_.init, trainable, residuals)
     if checkpoint_path is not None and checkpoint_path.exists():
-        *state, losses = load_checkpoint(checkpoint_path, *unpadded)
-        trainable, opt_state = parallel.from_host(tuple(state), (trainable, opt_state))
+        saved = load_checkpoint(checkpoint_path, *unpadded, num_windows)
+        trainable, opt_state = parallel.from_host(
+            (saved.trainable, saved.opt_state), (trainable, opt_state)
+        )
+        losses = saved.losses
+        residuals = residuals.with_steps(parallel.shard_per_window(saved.steps))
 
-    def save(trainable: PyTree, opt_state: PyTree) -> None:
+    def save_state(trainable: PyTree, opt_state: PyTree, steps: Array) -> None:
         if checkpoint_path is not None and jax.process_index() == 0:
-            state = parallel.to_host((trainable, opt_state), unpadded)
-            save_checkpoint(checkpoint_path, Checkpoint(*state, losses))
+            trainable, opt_state = parallel.to_host((trainable, opt_state), unpadded)
+            steps = parallel.real_windows(steps)
+            save_checkpoint(
+                checkpoint_path, Checkpoint(trainable, opt_state, losses, steps)
+            )
 
-    last_good = trainable
-    best_loss, best = math.inf, trainable
-    message = ""
+    data_scale_ = data_scale(observations.ys)
     with tqdm.tqdm(
         total=epochs, initial=min(len(losses), epochs), disable=not progress
     ) as bar:
-        epoch_start = trainable, opt_state
-        try:
-            for epoch in range(len(losses), epochs):
-                epoch_start = trainable, opt_state
-                outcome = optimisation_.epoch(
-                    epoch, trainable, opt_state, last_good, residuals
-                )
-                trainable, opt_state = outcome.trainable, outcome.opt_state
-                last_good = outcome.last_good
-                if outcome.failure:
-                    message = f"Training stopped in epoch {epoch}: {outcome.failure}."
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
-                    break
-                losses.append(outcome.loss)
-                # A full batch's loss is that of the parameters before its step, a
-                # least-squares step's that of the parameters after it; a minibatch
-                # epoch's loss belongs to no single set of parameters: keep those at
-                # the end of the best epoch.
-                if outcome.loss < best_loss:
-                    best_loss = outcome.loss
-                    before_step = optimisation_.loss_before_step
-                    best = epoch_start[0] if before_step else trainable
-                bar.set_postfix(loss=f"{outcome.loss:.4e}")
-                bar.update()
-                if (
-                    len(losses) % checkpoint_every == 0
-                    or len(losses) == epochs
-                    or outcome.converged
-                ):
-                    save(trainable, opt_state)
-                if outcome.converged:
-                    break
-        except KeyboardInterrupt:
-            # Drop the interrupted epoch, so that resuming repeats it exactly.
-            trainable, opt_state = epoch_start
-            save(trainable, opt_state)
-            message = (
-                f"Training interrupted in epoch {len(losses)}. The result holds the "
-                "parameters with the lowest loss so far"
-                + (
-                    "; the checkpoint holds the state to resume from."
-                    if checkpoint_path is not None
-                    else "."
-                )
+        while True:
+            # With automatic steps, the discretisation is checked every
+            # `AUTO_ROUND_EPOCHS` epochs, not only at convergence: with too few
+            # steps the optimiser may crawl along a biased valley for ever.
+            until = min(epochs, len(losses) + AUTO_ROUND_EPOCHS) if auto else epochs
+            state = _train_round(
+                optimisation_,
+                residuals,
+                _RoundState(trainable, opt_state, losses),
+                epochs,
+                until,
+                None if checkpoint_path is None else save_state,
+                checkpoint_every,
+                bar,
             )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if best_loss < math.inf:
-                trainable = best
+            trainable, opt_state = state.trainable, state.opt_state
+            message = state.message
+            if message or not auto or len(losses) >= epochs:
+                break
+            # Double the steps of every window whose prediction changes with twice
+            # the steps by more than the data allow, and train on from here.
+            # (Statistics of the real windows: the padding left out.)
+            real = parallel.without_padding(residuals)
+            errors = window_errors(real, trainable, data_scale_)
+            steps = real.windows.steps
+            refine = errors.refine(noise) & (steps < MAX_AUTO_STEPS)
+            if not bool(jnp.any(refine)):
+                if state.converged:
+                    break
+                continue
+            residuals = residuals.with_steps(
+                parallel.shard_per_window(jnp.where(refine, 2 * steps, steps))
+            )
+            opt_state = parallel.lay_out_state(
+                optimisation_.init(trainable, residuals), size
+            )
+            # Resuming from here starts the next round, as this run does.
+            save_state(trainable, opt_state, residuals.windows.steps)
+    model = eqx.combine(trainable, frozen)
+    residuals = parallel.without_padding(residuals)
+    verification = verify(model, observations, residuals, trainable, noise)
+    residual_noise = None if noise is None else noise * data_scale_ / np.asarray(scale)
+    uncertainty_ = uncertainty(
+        model, residuals, trainable, residual_noise, observations.ts.shape[1] - 1
+    )
+    if not verification.verified:
+        warnings.warn(
+            f"The trained model does not reproduce the data: {verification.message}.",
+            UnverifiedFitWarning,
+            stacklevel=2,
+        )
     return FitResult(
-        model=eqx.combine(trainable, frozen),
+        model=model,
         losses=np.asarray(losses),
         opt_state=opt_state,
         stopped_early=bool(message),
         message=message,
+        verification=verification,
+        uncertainty=uncertainty_,
+        steps=np.asarray(residuals.windows.steps).reshape(observations.ts.shape[0], -1),
         devices=parallel.num_devices,
     )
+
+
+class _RoundState(NamedTuple):
+    trainable: PyTree
+    opt_state: PyTree
+    # The loss of every epoch so far, of this round and the earlier ones.
+    losses: list[float]
+    message: str = ""
+    converged: bool = False
+
+
+def _train_round(
+    optimisation_: AbstractOptimisation,
+    residuals: Residuals,
+    state: _RoundState,
+    epochs: int,
+    until: int,
+    save_state: Callable[[PyTree, PyTree, Array], None] | None,
+    checkpoint_every: int,
+    bar: tqdm.tqdm,
+) -> _RoundState:
+    """Epochs on the windows in their current numbers of steps, until the optimiser
+    converges or `until` epochs in all (of at most `epochs`, which decides when to
+    checkpoint); appends to `state.losses` in place."""
+    trainable, opt_state, losses = state.trainable, state.opt_state, state.losses
+    steps = residuals.windows.steps
+
+    def save():
+        if save_state is not None:
+            save_state(trainable, opt_state, steps)
+
+    last_good = trainable
+    best_loss, best = math.inf, trainable
+    message = ""
+    converged = False
+    epoch_start = trainable, opt_state
+    try:
+        for epoch in range(len(losses), until):
+            epoch_start = trainable, opt_state
+            outcome = optimisation_.epoch(
+                epoch, trainable, opt_state, last_good, residuals
+            )
+            trainable, opt_state = outcome.trainable, outcome.opt_state
+            last_good = outcome.last_good
+            if outcome.failure:
+                message = f"Training stopped in epoch {len(losses)}: {outcome.failure}."
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                break
+            losses.append(outcome.loss)
+            # A full batch's loss is that of the parameters before its step, a
+            # least-squares step's that of the parameters after it; a minibatch
+            # epoch's loss belongs to no single set of parameters: keep those at
+            # the end of the best epoch.
+            if outcome.loss < best_loss:
+                best_loss = outcome.loss
+                before_step = optimisation_.loss_before_step
+                best = epoch_start[0] if before_step else trainable
+            bar.set_postfix(loss=f"{outcome.loss:.4e}")
+            bar.update()
+            if (
+                len(losses) % checkpoint_every == 0
+                or len(losses) == epochs
+                or outcome.converged
+            ):
+                save()
+            if outcome.converged:
+                converged = True
+                break
+    except KeyboardInterrupt:
+        # Drop the interrupted epoch, so that resuming repeats it exactly.
+        trainable, opt_state = epoch_start
+        save()
+        message = (
+            f"Training interrupted in epoch {len(losses)}. The result holds the "
+            "parameters with the lowest loss so far"
+            + (
+                "; the checkpoint holds the state to resume from."
+                if save_state is not None
+                else "."
+            )
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if best_loss < math.inf:
+            trainable = best
+    return _RoundState(trainable, opt_state, losses, message, converged)
 
 
 def _checked_scale(

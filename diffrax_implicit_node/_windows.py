@@ -1,6 +1,8 @@
 """Stage 2 of learning: the windows between consecutive observations, each an initial
 value problem, solved all at once; and the residuals of their predicted ends."""
 
+import dataclasses
+
 import diffrax
 import equinox as eqx
 import jax
@@ -149,14 +151,17 @@ class Residuals(eqx.Module):
     max_steps: int = eqx.field(static=True)
     args: PyTree
 
-    def __call__(
-        self, trainable: PyTree, indices: Int[Array, " b"] | None = None
-    ) -> Float[Array, " residuals"]:
-        # One residual per component of each window (all, or those of `indices`).
-        windows = self.windows
-        if indices is not None:
-            windows = jax.tree.map(lambda x: x[indices], windows)
-        predictions, succeeded = solve_windows(
+    def with_steps(self, steps: Int[Array, " m"]) -> "Residuals":
+        """The same residuals, each window solved in its number of `steps`."""
+        windows = eqx.tree_at(lambda w: w.steps, self.windows, steps)
+        return dataclasses.replace(self, windows=windows, max_steps=int(jnp.max(steps)))
+
+    def predictions(
+        self, trainable: PyTree, windows: Windows | None = None
+    ) -> tuple[Float[Array, "m n"], Bool[Array, " m"]]:
+        """The predicted end of each window and whether its solve succeeded."""
+        windows = self.windows if windows is None else windows
+        return solve_windows(
             eqx.combine(trainable, self.frozen),
             windows.t0,
             windows.t1,
@@ -166,6 +171,15 @@ class Residuals(eqx.Module):
             max_steps=self.max_steps,
             args=self.args,
         )
+
+    def __call__(
+        self, trainable: PyTree, indices: Int[Array, " b"] | None = None
+    ) -> Float[Array, " residuals"]:
+        # One residual per component of each window (all, or those of `indices`).
+        windows = self.windows
+        if indices is not None:
+            windows = jax.tree.map(lambda x: x[indices], windows)
+        predictions, succeeded = self.predictions(trainable, windows)
         weight = windows.weight[:, None]
         residuals = ((predictions - windows.y1) / self.scale[None, :] * weight).ravel()
         # The end state of a failed solve is meaningless: count it as infinitely far

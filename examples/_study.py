@@ -7,7 +7,6 @@ import dataclasses
 import pathlib
 import platform
 import time
-import warnings
 
 import jax
 
@@ -22,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from diffrax_implicit_node._runs import train_by_name
 
 
 OUTPUT_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -39,6 +39,8 @@ class Run:
     final_loss: float
     stopped_early: bool
     seconds: float
+    verified: bool
+    max_steps: int
 
     @property
     def max_error(self) -> float:
@@ -53,48 +55,50 @@ def parse_arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train(name: str, solver: str, points: int, epochs: int, seed: int = 0) -> Run:
+def train(
+    name: str, solver: str, points: int, epochs: int, seed: int = 0, steps=None
+) -> Run:
     example = din.EXAMPLES[name]
     ts, ys = example.data(points)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # Reported in the tables.
-        result = din.fit(
-            example.model(jr.key(seed)),
-            ts,
-            ys,
-            solver=din.solver_from_name(solver),
-            optimiser=din.optimiser_from_name(example.optimiser),
-            epochs=epochs,
-            steps_per_interval=example.steps_per_interval,
-            progress=False,
-        )
-    seconds = time.perf_counter() - start
+    run = train_by_name(
+        example.model(jr.key(seed)),
+        ts,
+        ys,
+        solver=solver,
+        optimiser=example.optimiser,
+        epochs=epochs,
+        steps=example.steps_per_interval if steps is None else steps,
+        progress=False,
+    )
+    result = run.result
     learned = din.to_sympy(result.model.learned)
     errors = {
-        f"x{i}': {monomial}": row["relative_error"]
-        for i, rows in enumerate(example.compare(learned))
-        for monomial, row in rows.items()
-        if row["relative_error"] is not None
+        f"{row.equation}': {row.monomial}": row.relative_error
+        for row in example.compare(learned)
+        if row.relative_error is not None
     }
-    run = Run(
+    study_run = Run(
         solver=solver,
         points=points,
         learned=learned,
         errors=errors,
         epochs=len(result.losses),
-        final_loss=float(result.losses[-1]) if len(result.losses) else float("nan"),
+        final_loss=run.final_loss,
         stopped_early=result.stopped_early,
-        seconds=seconds,
+        seconds=run.seconds,
+        verified=result.verification.verified,
+        max_steps=int(result.steps.max()),
     )
     print(
-        f"{name} {solver:>14} N={points:>5}: max error {run.max_error:.3e}, "
-        f"loss {run.final_loss:.3e}, {run.epochs} epochs"
-        + (" (stopped early)" if run.stopped_early else "")
-        + f", {seconds:.1f} s",
+        f"{name} {solver:>14} N={points:>5}: max error {study_run.max_error:.3e}, "
+        f"loss {study_run.final_loss:.3e}, {study_run.epochs} epochs"
+        + (" (stopped early)" if study_run.stopped_early else "")
+        + f", {run.steps_summary()}, "
+        + ("verified" if study_run.verified else "NOT verified")
+        + f", {run.seconds:.1f} s",
         flush=True,
     )
-    return run
+    return study_run
 
 
 def machine() -> str:

@@ -6,7 +6,7 @@ import diffrax_implicit_node as din
 import numpy as np
 import pytest
 import sympy
-from diffrax_implicit_node._cli import main
+from diffrax_implicit_node._cli import main, UNVERIFIED_STATUS
 
 
 def write_csv(path, header, rows):
@@ -33,11 +33,15 @@ def test_fit_csv_with_trajectories(tmp_path, capsys):
         + ["--out", str(out), "--prune", "1e-6"]
     )
     assert status == 0
-    assert "x0' |" in capsys.readouterr().out
-    learned = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "x0' |" in printed and "Verified: the learned equations reproduce" in printed
+    result = json.loads(out.read_text())
+    learned = result["equations"]
     assert learned.keys() == {"x0"} and learned["x0"].keys() == {"x0", "1"}
     assert learned["x0"]["x0"] == pytest.approx(-2.0, rel=1e-3)
     assert learned["x0"]["1"] == pytest.approx(1.0, rel=1e-3)
+    assert result["verified"] is True and result["unidentifiable"] == []
+    assert result["stderr"]["x0"].keys() == {"x0", "1"}
 
 
 @pytest.mark.slow
@@ -46,10 +50,11 @@ def test_fit_npz(tmp_path, capsys):
     path = tmp_path / "data.npz"
     np.savez(path, ts=rows[:21, 1], ys=rows[:, 2].reshape(2, 21, 1))
     arguments = ["fit", str(path), "--degree", "1", "--epochs", "2", "--quiet"]
-    assert main(arguments + ["--optimiser", "lbfgs", "--steps", "3"]) == 0
-    assert "2 epochs of lbfgs with radau5 (3 step(s) per gap)" in (
-        capsys.readouterr().out
-    )
+    status = main(arguments + ["--optimiser", "lbfgs", "--steps", "3"])
+    printed = capsys.readouterr().out
+    assert "2 epochs of lbfgs with radau5 (3 step(s) per gap)" in printed
+    # Two epochs are far from converged: said so, in the exit status too.
+    assert status == UNVERIFIED_STATUS and "NOT VERIFIED" in printed
 
 
 @pytest.mark.parametrize(
@@ -92,10 +97,12 @@ def test_fit_bad_files(tmp_path, capsys):
 def test_reproduce_writes_json(tmp_path, capsys):
     out = tmp_path / "linear.json"
     arguments = ["reproduce", "linear", "--points", "20", "--epochs", "3"]
-    assert main(arguments + ["--quiet", "--out", str(out)]) == 0
+    status = main(arguments + ["--quiet", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "Fractional relative error" in printed and "3000.0 - 1000.0*x0" in printed
     result = json.loads(out.read_text())
+    assert status == (0 if result["verified"] else UNVERIFIED_STATUS)
+    assert result["verification"]["verified"] == result["verified"]
     assert result["epochs"] == 3 and result["solver"] == "radau5"
     # The example's own defaults.
     assert result["optimiser"] == "lbfgs" and result["steps_per_interval"] == 1
@@ -122,3 +129,37 @@ def test_module_entry_point():
         check=True,
     )
     assert "--points" in completed.stdout
+
+
+def stiff_rows():
+    # x0' = -40 x0 + 40 from 0 and 2, every 0.1: the transient is over within the
+    # first gap, which one solver step cannot follow.
+    ts = np.linspace(0.0, 1.0, 11)
+    return [
+        (trajectory, t, 1 + (start - 1) * np.exp(-40 * t))
+        for trajectory, start in enumerate((0.0, 2.0))
+        for t in ts
+    ]
+
+
+@pytest.mark.slow
+def test_fit_stiff_data_with_the_defaults_or_says_it_cannot(tmp_path, capsys):
+    data = write_csv(tmp_path / "data.csv", ["trajectory", "t", "x0"], stiff_rows())
+    out = tmp_path / "out.json"
+    arguments = ["fit", str(data), "--degree", "1", "--quiet", "--out", str(out)]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "Verified" in printed and "+-" in printed and "steps per gap" in printed
+    result = json.loads(out.read_text())
+    assert result["verified"] is True
+    assert result["equations"]["x0"]["x0"] == pytest.approx(-40.0, rel=1e-2)
+    assert result["equations"]["x0"]["1"] == pytest.approx(40.0, rel=1e-2)
+    assert 0 < result["stderr"]["x0"]["x0"] < 1.0
+    assert max(result["steps"][0]) > 1
+    # One step per gap: a biased fit, and the command says so.
+    assert main(arguments + ["--steps", "1"]) == UNVERIFIED_STATUS
+    printed = capsys.readouterr().out
+    assert "NOT VERIFIED" in printed and "twice the steps" in printed
+    result = json.loads(out.read_text())
+    assert result["verified"] is False
+    assert result["verification"]["discretisation_bias"] > 1e-4

@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 from typing import Any
 
 import diffrax
@@ -32,10 +33,10 @@ def test_recovers_stiff_linear_system_with_radau5():
     )
     assert not result.stopped_early
     assert result.losses.shape == (300,) and result.losses[-1] < 1e-3 * result.losses[0]
-    (comparison,) = example.compare(din.to_sympy(result.model.learned))
-    assert comparison.keys() == {"x0", "1"}
-    for row in comparison.values():
-        assert row["relative_error"] is not None and row["relative_error"] < 0.01
+    comparison = example.compare(din.to_sympy(result.model.learned))
+    assert {row.monomial for row in comparison} == {"x0", "1"}
+    for row in comparison:
+        assert row.relative_error is not None and row.relative_error < 0.01
 
 
 class Decay(eqx.Module):
@@ -288,13 +289,11 @@ def test_least_squares_recovers_kaps_from_its_transients():
     # Converged before the last epoch, which is not an early stop.
     assert not result.stopped_early and len(result.losses) < 100
     assert np.all(np.diff(result.losses) <= 0)  # Accepted steps only.
-    for rows in example.compare(din.to_sympy(result.model.learned)):
-        for row in rows.values():
-            error = row["relative_error"]
-            if error is None:  # A monomial not in the truth: nearly absent.
-                assert abs(float(row["learned"] or 0.0)) < 2e-2
-            else:
-                assert error < 2e-3
+    for row in example.compare(din.to_sympy(result.model.learned)):
+        if row.relative_error is None:  # A monomial not in the truth: nearly absent.
+            assert abs(row.learned) < 2e-2
+        else:
+            assert row.relative_error < 2e-3
 
 
 class Exponential(eqx.Module):
@@ -321,7 +320,7 @@ def test_least_squares_steps_are_optimistix_steps(tmp_path):
     solver = din.solver_from_name("radau3")
     least_squares = optx.LevenbergMarquardt(rtol=1e-10, atol=1e-12)
     options: dict[str, Any] = dict(
-        solver=solver, optimiser=least_squares, progress=False
+        solver=solver, optimiser=least_squares, steps_per_interval=1, progress=False
     )
     model = Exponential(jnp.array(3.0))  # The data decays with rate 2.
     result = din.fit(model, ts, ys, epochs=50, **options)
@@ -369,3 +368,96 @@ def test_example_checks_its_settings_and_observation_times():
         example.data(np.array([0.0, 0.2, 0.1]))
     with pytest.raises(ValueError, match="Unknown optimiser"):
         din.optimiser_from_name("adam")
+
+
+class Relaxation(eqx.Module):
+    rate: jax.Array
+    level: jax.Array
+
+    def __call__(self, t, y, args):
+        return -self.rate * y + self.level
+
+
+def stiff_relaxation_data():
+    # y' = -40 y + 40 from 0 and 2, observed every 0.1: the transient (h λ = -4) is
+    # over within the first gap, and one RadauIIA5 step cannot follow it (its
+    # stability function stays above 0.025 > exp(-4) for every h λ < 0).
+    ts = np.linspace(0.0, 1.0, 11)
+    ys = np.stack([1 + (start - 1) * np.exp(-40 * ts) for start in (0.0, 2.0)])
+    return ts, ys[..., None]
+
+
+@pytest.mark.slow
+def test_auto_steps_recover_stiff_data_that_one_step_per_gap_biases():
+    ts, ys = stiff_relaxation_data()
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=200,
+        progress=False,
+    )
+    model = Relaxation(jnp.array(1.0), jnp.array(0.0))
+    with pytest.warns(din.UnverifiedFitWarning, match="twice the steps"):
+        one_step = din.fit(model, ts, ys, steps_per_interval=1, **options)
+    # A biased fit: its coefficients are off by far more than 1 %.
+    assert abs(float(one_step.model.rate) - 40) / 40 > 0.1
+    assert not one_step.verification.verified
+    assert one_step.verification.discretisation_bias > 1e-4
+    auto = din.fit(model, ts, ys, **options)
+    assert auto.verification.verified, auto.verification.message
+    for value in (auto.model.rate, auto.model.level):
+        assert abs(float(value) - 40) / 40 < 1e-2
+    # Only the gaps with the transient need more steps.
+    assert np.all(auto.steps[:, 0] > 1) and np.all(auto.steps[:, -1] == 1)
+
+
+@pytest.mark.slow
+def test_standard_errors_match_refits_of_noisy_copies():
+    # y' = -2 y + 1; the standard errors of one fit against the spread of the
+    # estimates over refits of independently noisy copies of the data.
+    ts = np.linspace(0.0, 2.0, 21)
+    clean = np.stack([0.5 + (start - 0.5) * np.exp(-2 * ts) for start in (0.0, 1.0)])
+    noise = 2e-3
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=30,
+        steps_per_interval=1,
+        progress=False,
+    )
+    model = Relaxation(jnp.array(1.0), jnp.array(0.0))
+    estimates, stderrs = [], []
+    for key in jr.split(jr.key(0), 40):
+        ys = clean + noise * np.asarray(jr.normal(key, clean.shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", din.UnverifiedFitWarning)
+            result = din.fit(model, ts, ys[..., None], **options)
+        estimates.append([float(result.model.rate), float(result.model.level)])
+        stderrs.append(result.uncertainty.stderr)
+        assert result.uncertainty.names == ("p[0]", "p[1]")
+        assert result.uncertainty.unidentifiable == ()
+    spread = np.std(np.array(estimates), axis=0, ddof=1)
+    np.testing.assert_allclose(np.mean(stderrs, axis=0), spread, rtol=0.3)
+
+
+def test_unidentifiable_coefficients_are_named():
+    # At rest at y = 1, the data pin down f(1) = 0 only: of the coefficients of 1,
+    # x0 and x0**2 just their sum.
+    ts = np.linspace(0.0, 1.0, 6)
+    ys = np.ones((6, 1))
+    model = din.NeuralVectorField(din.PiNet(1, 1, 2, 3, key=jr.key(0)))
+    result = din.fit(
+        model,
+        ts,
+        ys,
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=3,
+        steps_per_interval=1,
+        progress=False,
+    )
+    uncertainty = result.uncertainty
+    assert uncertainty.names == ("x0': 1", "x0': x0", "x0': x0**2")
+    assert len(uncertainty.unidentifiable) == 2
+    assert set().union(*uncertainty.unidentifiable) == set(uncertainty.names)
+    assert np.all(np.isinf(uncertainty.stderr))
