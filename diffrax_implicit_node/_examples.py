@@ -281,7 +281,7 @@ class Example(eqx.Module):
 
 
 class CoefficientComparison(NamedTuple):
-    """One coefficient of learned equations against the truth, from
+    r"""One coefficient of learned equations against the truth, from
     [`diffrax_implicit_node.Example.compare`][].
 
     **Attributes:**
