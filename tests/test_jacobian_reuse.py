@@ -124,7 +124,10 @@ def _stiff_step(y0, stiffness, previous_field):
     """One step of `_stiff` from 0.1 to 0.2, after a first step of `previous_field`
     (both from `y0`: only the solver state passes from one to the other)."""
     solver = _solver()
-    state = solver.init(diffrax.ODETerm(previous_field), 0.0, 0.1, y0, stiffness)
+    # (`init` prepares the first step of its term: without a previous field, the
+    # stiff one, whose first step from `y0` is the step below.)
+    first_field = _stiff if previous_field is None else previous_field
+    state = solver.init(diffrax.ODETerm(first_field), 0.0, 0.1, y0, stiffness)
     if previous_field is not None:
         _, _, _, state, _ = solver.step(
             diffrax.ODETerm(previous_field), 0.0, 0.1, y0, stiffness, state, False

@@ -625,7 +625,7 @@ class _CollocationState(eqx.Module):
     # it.
     jacobian_dt: Float[Array, ""]
     hjac: Inexact[Array, "n n"]
-    newton_matrix: "_CollocationNewtonMatrix"
+    newton_matrix: _CollocationNewtonMatrix
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
     jacobian_current: Bool[Array, ""]
@@ -666,8 +666,12 @@ class AbstractCollocationSolver(
     eigenvalue and per complex-conjugate pair of eigenvalues of `A⁻¹`. Gradients come
     from the implicit function theorem at the converged stages (Optimistix's
     `ImplicitAdjoint`), never from differentiating through the iterations. Dense output
-    is the collocation polynomial of each step. The first step starts Newton from
-    `Z = 0`; later steps start from the previous step's collocation polynomial.
+    is the collocation polynomial of each step. Later steps start Newton from the
+    previous step's collocation polynomial. With Jacobian reuse, `init` already
+    evaluates the first step's Jacobian, factorises its Newton matrix and solves its
+    stages, which the first step then reuses (so that a checkpointed adjoint, which
+    recomputes the steps but not `init`, recomputes little); otherwise the first step
+    starts from `Z = 0`.
 
     The state may be complex, for a vector field that is holomorphic in it (the
     Newton matrices use its complex Jacobian, as Diffrax's implicit solvers do); the
@@ -1089,7 +1093,9 @@ def collocation_init_doc(solver_name: str) -> str:
     (rescaled to the new step size) when Newton's method converged fast with it, as
     RADAU5 and SciPy's `Radau` do. A step whose Newton iteration fails with a reused
     Jacobian is retried at once with a fresh one, so the answer never depends on the
-    reuse beyond the Newton tolerance. This pays where Jacobians are expensive (a
-    neural vector field, many states) and costs up to a second of compilation.
+    reuse beyond the Newton tolerance. While the step size is also unchanged (as
+    [`diffrax_implicit_node.PredictiveController`][] often keeps it), the factorised
+    Newton matrix is kept too. This pays where Jacobians are expensive (a neural
+    vector field, many states) and costs up to a second of compilation.
     Applies to the default `SimplifiedNewton` root finder.
 """
