@@ -185,7 +185,10 @@ class AdaptiveRadau(
         return _AdaptiveRadauState(
             collocation=collocation,
             method=jnp.array(0),
-            rate=jnp.zeros((), dtype=collocation[0].dense_coeffs.dtype),
+            # Real, also for complex states.
+            rate=jnp.zeros(
+                (), dtype=jnp.finfo(collocation[0].dense_coeffs.dtype).dtype
+            ),
             steps_with_method=jnp.array(0),
         )
 
