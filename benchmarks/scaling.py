@@ -15,13 +15,14 @@ devices. On GPUs, each device is a GPU.
 
 The problem: a stiff linear system y' = A y, eigenvalues -1 and -100, observed at 50
 uniform gaps on [0, 2] along many trajectories from random starts; one window per gap
-(so windows = 50 x trajectories), one `RadauIIA3` step per window; the model a `PiNet`
-of degree 2 and width 6 (50 parameters). Each configuration runs in its own subprocess:
-it builds and compiles the step `fit` takes each epoch on the given devices, times
-`EPOCHS` calls of it (the epoch time is the minimum), and reads the per-device working
-memory of the compiled step from XLA (`compiled.memory_analysis()`: temporaries +
-arguments + outputs - aliased; the same program runs on every device). Strong scaling:
-the same windows on 1, 2, 4 devices; weak scaling: the same windows per device.
+(so windows = 50 x trajectories), one `RadauIIA3` step per window (`--solver`); the
+model a `PiNet` of degree 2 and width 6 (50 parameters). Each configuration runs in its
+own subprocess: it builds and compiles the step `fit` takes each epoch on the given
+devices, times `EPOCHS` calls of it (the epoch time is the minimum), and reads the per-
+device working memory of the compiled step from XLA (`compiled.memory_analysis()`:
+temporaries + arguments + outputs - aliased; the same program runs on every device).
+Strong scaling: the same windows on 1, 2, 4 devices; weak scaling: the same windows per
+device.
 """
 
 import argparse
@@ -77,7 +78,7 @@ def child(config: dict) -> dict:
         else optax.adam(1e-3)
     )
     model = din.NeuralVectorField(din.PiNet(2, 2, degree=2, width=6, key=jr.key(0)))
-    solver = din.solver_from_name("radau3")
+    solver = din.solver_from_name(config["solver"])
     devices = jax.devices()[: config["devices"]]
     # The pieces `fit` builds, so that the step can be timed and inspected alone.
     windows = windows_from(as_observations(ts, ys), 1)
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--solver", default="radau3", help="default: radau3")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -174,7 +176,12 @@ def main() -> None:
         ):
             rows = []
             for windows, devices in sizes:
-                config = dict(optimiser=optimiser, windows=windows, devices=devices)
+                config = dict(
+                    optimiser=optimiser,
+                    windows=windows,
+                    devices=devices,
+                    solver=options.solver,
+                )
                 result = run_config(config, options.platform)
                 print(config, result, flush=True)
                 if "error" in result:

@@ -1,6 +1,6 @@
 """Data-parallel `fit`: one subprocess with four forced host devices runs every fit
-(`tests/data_parallel_checks.py`, to pay for starting JAX and compiling once); the
-tests compare what it saved."""
+(`tests/data_parallel_checks.py`, to pay for starting JAX and compiling once; about
+80 s of CPU time, hence `slow`); the tests compare what it saved."""
 
 import os
 import pathlib
@@ -45,6 +45,7 @@ def assert_same_run(runs, first: str, second: str) -> None:
     assert np.max(np.abs(params - other)) <= 1e-8 * np.max(np.abs(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lm", "adam", "minibatch"])
 def test_four_devices_give_the_one_device_answer(runs, name):
     # 14 windows: padded to 16 on 4 devices, not at all on 1; minibatches of 5 are
@@ -56,6 +57,7 @@ def test_four_devices_give_the_one_device_answer(runs, name):
     assert losses[-1] < 0.95 * losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lm", "adam"])
 def test_statistics_leave_out_the_padding(runs, name):
     # The data's resolution (root mean square of the residuals), the discretisation
@@ -65,16 +67,19 @@ def test_statistics_leave_out_the_padding(runs, name):
     )
 
 
+@pytest.mark.slow
 def test_least_squares_converges_to_the_data(runs):
     assert runs["lm_4_losses"][-1] < 1e-2 * runs["lm_4_losses"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lm", "adam"])
 def test_checkpoint_resumes_on_another_device_count(runs, name):
     # LM: 2 epochs on 4 devices, the rest on 1; Adam: 2 on 1, the rest on 4.
     assert_same_run(runs, f"{name}_resumed", f"{name}_1")
 
 
+@pytest.mark.slow
 def test_windows_are_split_across_devices_and_padding_weighs_zero(runs):
     assert str(runs["windows_spec"]) == str(PartitionSpec(("windows",)))
     assert runs["windows_devices"] == 4
@@ -84,6 +89,7 @@ def test_windows_are_split_across_devices_and_padding_weighs_zero(runs):
     np.testing.assert_array_equal(runs["windows_pad_y0"], np.zeros((2, 2)))
 
 
+@pytest.mark.slow
 def test_command_line_on_four_devices(runs):
     assert "on 4 device(s)" in str(runs["cli_4_printed"])
     assert "on 1 device(s)" in str(runs["cli_1_printed"])
