@@ -11,6 +11,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.integrate
 import scipy.linalg
 from helpers import SOLVERS
@@ -61,6 +62,7 @@ well_conditioned = hnp.arrays(
 initial_values = hnp.arrays(np.float64, SIZE, elements=st.floats(-2, 2))
 
 
+@pytest.mark.slow
 @hypothesis.given(
     # Backward Euler would need ~10^5 steps at this tolerance.
     solver_cls=st.sampled_from([s for s in SOLVERS if s is not din.BackwardEuler]),

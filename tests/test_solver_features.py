@@ -113,6 +113,7 @@ def _van_der_pol(t, y, mu):
     return jnp.stack([y[1], mu * ((1 - y[0] ** 2) * y[1]) - y[0]])
 
 
+@pytest.mark.slow
 def test_adaptive_van_der_pol_matches_scipy():
     mu, t1, rtol = 1000.0, 3000.0, 1e-6
     solution = diffrax.diffeqsolve(
