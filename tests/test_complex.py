@@ -91,7 +91,7 @@ def test_complex_gradients_match_finite_differences():
     implicit function theorem with complex stages; the finite differences are of
     the same fixed-step solve."""
     solve = fixed_step_solve(
-        din.RadauIIA5, lambda t, y, args: (args[0] + 1j * args[1]) * y
+        din.RadauIIA5, lambda t, y, args: jax.lax.complex(args[0], args[1]) * y
     )
     target = jnp.asarray([0.2 - 0.1j, 0.3j])
 

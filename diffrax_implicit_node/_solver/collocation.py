@@ -353,7 +353,10 @@ class _CollocationNewtonMatrix(AbstractNewtonMatrix):
 
 
 def _complex_dtype(dtype) -> jnp.dtype:
-    return jnp.result_type(dtype, jnp.complex64)
+    """The complex dtype of the same precision as `dtype`."""
+    if jnp.finfo(dtype).bits == 64:
+        return jnp.dtype(jnp.complex128)
+    return jnp.dtype(jnp.complex64)
 
 
 def _like(value: Inexact[Array, "*shape"], like: Inexact[Array, "*shape"]) -> Array:
@@ -713,7 +716,9 @@ class AbstractCollocationSolver(
         safe_previous_dt = jnp.where(state.previous_dt != 0, state.previous_dt, 1)
         # Exact for `ODETerm`, whose h f is linear in h.
         hjac = lax.cond(
-            refresh, fresh_hjac, lambda: state.hjac * (dt / safe_previous_dt)
+            refresh,
+            fresh_hjac,
+            lambda: state.hjac * (dt / safe_previous_dt).astype(state.hjac.dtype),
         )
         newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
         solution = solve_stages(newton_matrix)
@@ -743,8 +748,9 @@ class AbstractCollocationSolver(
         safe_dt = jnp.where(usable, previous_dt, 1)
         with jax.numpy_dtype_promotion("standard"):
             theta = 1 + jnp.asarray(self.tableau.c_implicit) * (t1 - t0) / safe_dt
-        powers = jnp.arange(1, previous_coeffs.shape[0] + 1)
-        basis = (theta[:, None] ** powers - 1).astype(previous_coeffs.dtype)
+        degree = previous_coeffs.shape[0]
+        powers = jnp.stack([theta**power for power in range(1, degree + 1)], axis=1)
+        basis = (powers - 1).astype(previous_coeffs.dtype)
         guess = lax.stop_gradient(basis @ previous_coeffs)
         return jnp.where(usable & jnp.isfinite(guess), guess, 0)
 
