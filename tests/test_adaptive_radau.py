@@ -237,3 +237,40 @@ def test_diffrax_citation_prints_the_method(capsys):
     ours = printed[printed.index("the AdaptiveRadau solver") :]
     for key in ("ehle1969pade", "hairer1999stiff"):
         assert f"{{{key}," in ours
+
+
+def _lu_calls(jaxpr: jax.extend.core.ClosedJaxpr) -> int:
+    """The LAPACK LU factorisations in `jaxpr`, sub-jaxprs included."""
+    count = 0
+    for eqn in jaxpr.jaxpr.eqns:
+        count += eqn.primitive.name == "lu"
+        for param in eqn.params.values():
+            params = param if isinstance(param, (tuple, list)) else (param,)
+            for sub in params:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    count += _lu_calls(sub)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    count += _lu_calls(jax.extend.core.ClosedJaxpr(sub, ()))
+    return count
+
+
+def test_init_prepares_only_the_first_method():
+    # The other methods' first steps would be independent batched LAPACK calls, which
+    # can hang XLA:CPU (docs/further_details/xla_cpu_hang.md), and wasted work.
+    term = diffrax.ODETerm(linear_vector_field)
+    y0 = jnp.array([1.0, 0.5, -0.25])
+
+    def init(solver):
+        return solver.init(term, jnp.asarray(0.0), jnp.asarray(0.1), y0, None)
+
+    newton = din.SimplifiedNewton(rtol=1e-8, atol=1e-8)  # Else from the controller.
+    adaptive = din.AdaptiveRadau(root_finder=newton)
+    state = init(adaptive)
+    assert [bool(s.jacobian_current) for s in state.collocation] == [
+        True,
+        False,
+        False,
+    ]
+    first = _lu_calls(jax.make_jaxpr(lambda: init(din.RadauIIA5(root_finder=newton)))())
+    assert first == 2  # One real and one complex Newton matrix.
+    assert _lu_calls(jax.make_jaxpr(lambda: init(adaptive))()) == first

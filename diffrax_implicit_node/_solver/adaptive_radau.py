@@ -178,9 +178,16 @@ class AdaptiveRadau(
     ) -> _AdaptiveRadauState:
         methods = self._allowed_methods()
         stages = self._most_stages()
+        # Only the method of the first step prepares it (factorises its Newton
+        # matrices): the others' first steps would be independent batched LAPACK
+        # calls, which can hang XLA:CPU (see `_LUFactorisation`), and wasted work.
+        first, *others = methods
         collocation = tuple(
-            _with_padded_polynomial(method.init(terms, t0, t1, y0, args), stages)
-            for method in methods
+            _with_padded_polynomial(state, stages)
+            for state in (
+                first.init(terms, t0, t1, y0, args),
+                *(method._unprepared_state(t0, t1, y0) for method in others),
+            )
         )
         return _AdaptiveRadauState(
             collocation=collocation,

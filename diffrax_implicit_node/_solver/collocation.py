@@ -708,7 +708,17 @@ class AbstractCollocationSolver(
         y0: PyTree[Array],
         args: PyTree,
     ) -> _CollocationState:
-        y0_flat, unravel = ravel_pytree(y0)
+        state = self._unprepared_state(t0, t1, y0)
+        if not self._reuses_newton_matrix():
+            # Placeholders: every step evaluates a Jacobian and factorises.
+            return state
+        return self._prepare_first_step(terms, t0, t1, y0, args, state)
+
+    def _unprepared_state(
+        self, t0: RealScalarLike, t1: RealScalarLike, y0: PyTree[Array]
+    ) -> _CollocationState:
+        """The state before any step, its Newton matrix a placeholder (not current)."""
+        y0_flat, _ = ravel_pytree(y0)
         if jnp.finfo(y0_flat.dtype).bits < 64:
             warnings.warn(
                 f"{type(self).__name__} is solving in {y0_flat.dtype}. Stiff problems "
@@ -717,7 +727,7 @@ class AbstractCollocationSolver(
                 '`jax.config.update("jax_enable_x64", True)` and a float64 (or, for a '
                 "complex state, complex128) `y0`.",
                 LowPrecisionWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         stages = len(self.tableau.c)
         dt = jnp.zeros((), dtype=jnp.result_type(t0, t1))
@@ -738,16 +748,25 @@ class AbstractCollocationSolver(
             jacobian_current=jnp.array(False),
             first_stages=jnp.zeros((implicit_stages, size), dtype=y0_flat.dtype),
         )
-        if not self._reuses_newton_matrix():
-            # Placeholders: every step evaluates a Jacobian and factorises.
-            return state
+        return state
+
+    def _prepare_first_step(
+        self,
+        terms: diffrax.AbstractTerm,
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree[Array],
+        args: PyTree,
+        state: _CollocationState,
+    ) -> _CollocationState:
+        y0_flat, unravel = ravel_pytree(y0)
         # Prepare the first step: its Jacobian, Newton matrix and stages. Outside
         # `diffeqsolve`'s loop, and without tangents, this work is not repeated by a
         # checkpointed adjoint's recomputation of the step, which then starts from
         # the solution: for a single step per solve (training on short windows) the
         # recomputation becomes one Newton iteration.
         with jax.numpy_dtype_promotion("standard"):
-            first_dt = jnp.asarray(t1 - t0, dtype=dt.dtype)
+            first_dt = jnp.asarray(t1 - t0, dtype=state.previous_dt.dtype)
         equations = self._stage_equations(terms, t0, t1, y0_flat, unravel, args)
         hjac = equations.fresh_hjac()
         newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
