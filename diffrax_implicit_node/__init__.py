@@ -11,6 +11,7 @@ from ._interpolation import (
     LocalPolynomialInterpolation as LocalPolynomialInterpolation,
 )
 from ._pinet import PiNet as PiNet
+from ._polynomial import PolynomialLibrary as PolynomialLibrary
 from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (
     AbstractCollocationSolver as AbstractCollocationSolver,
