@@ -17,6 +17,14 @@ import optimistix as optx
 import tqdm
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
+from ._polynomial import PolynomialLibrary
+from ._sensitivities import (
+    generic_parameter_jacobian,
+    interval_sensitivities,
+    library_parameter_jacobian,
+    ParameterJacobian,
+    supports_sensitivities,
+)
 from ._solver import AbstractCollocationSolver
 
 
@@ -284,6 +292,48 @@ def _train_step(
     return trainable, opt_state, loss, grads_finite
 
 
+def _parameter_jacobian(
+    residuals: _Residuals, flat: Float[Array, " p"], unflatten: Callable
+) -> ParameterJacobian:
+    trainable = unflatten(flat)
+    field = eqx.combine(trainable, residuals.frozen)
+    if (
+        isinstance(field, NeuralVectorField)
+        and isinstance(field.learned, PolynomialLibrary)
+        and len(leaves := jax.tree.leaves(trainable)) == 1
+        and leaves[0] is trainable.learned.coefficients
+    ):
+        return library_parameter_jacobian(field.learned)
+    return generic_parameter_jacobian(
+        lambda p: eqx.combine(unflatten(p), residuals.frozen), flat, residuals.args
+    )
+
+
+def _residual_jacobian(
+    residuals: _Residuals, flat: Float[Array, " p"], unflatten: Callable
+) -> tuple[Float[Array, "r p"], Float[Array, " r"]]:
+    """`(jacobian, residuals)` from forward sensitivities through each implicit step
+    (`_sensitivities`), with one LU factorisation per step for all parameters."""
+    intervals = residuals.intervals
+    solver = residuals.solver
+    assert isinstance(solver, AbstractCollocationSolver)
+    sensitivities = interval_sensitivities(
+        eqx.combine(unflatten(flat), residuals.frozen),
+        _parameter_jacobian(residuals, flat, unflatten),
+        flat.shape[0],
+        intervals.t0,
+        intervals.t1,
+        intervals.y0,
+        solver=solver,
+        steps_per_interval=residuals.steps_per_interval,
+        args=residuals.args,
+    )
+    value = ((sensitivities.y1 - intervals.y1) / residuals.scale).ravel()
+    value = jnp.where(jnp.all(sensitivities.succeeded), value, jnp.inf)
+    jacobian = sensitivities.jacobian / residuals.scale[None, :, None]
+    return jacobian.reshape(value.shape[0], -1), value
+
+
 def _least_squares_problem(
     residuals: _Residuals, trainable: PyTree
 ) -> tuple[Float[Array, " p"], Callable[[Array, None], tuple], Callable]:
@@ -314,7 +364,10 @@ def _least_squares_problem(
     @with_jacobian.defjvp
     def _(primals, tangents):
         (flat,), (tangent,) = primals, tangents
-        jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
+        if supports_sensitivities(residuals.solver):
+            jacobian, value = _residual_jacobian(residuals, flat, unflatten)
+        else:
+            jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
         return value, jacobian @ tangent
 
     return flat, lambda flat, _: (with_jacobian(flat), None), unflatten
