@@ -18,12 +18,14 @@ import sympy
 
 from ._examples import (
     EXAMPLES,
+    MODEL_TYPES,
     optimiser_from_name,
     OPTIMISER_NAMES,
     solver_from_name,
     SOLVER_NAMES,
 )
 from ._pinet import PiNet
+from ._polynomial import PolynomialLibrary
 from ._symbolic import coefficients, equations_table, prune, to_sympy
 from ._train import fit, FitResult, NeuralVectorField
 
@@ -90,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
             f"transients inside a gap (default: {steps})",
         )
         command.add_argument(
+            "--model",
+            choices=MODEL_TYPES,
+            help="the model: a PiNet, or a polynomial library linear in its "
+            f"coefficients (default: {'per example' if defaults is None else 'pinet'})",
+        )
+        command.add_argument(
             "--seed", type=int, default=0, help="initialisation seed (default: 0)"
         )
         command.add_argument("--out", type=pathlib.Path, help="write JSON here")
@@ -112,8 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--points",
         type=_positive_int,
-        default=369,
-        help="observations per trajectory (default: 369)",
+        help="observations per trajectory (default: per example)",
     )
     add_common(reproduce, None)
 
@@ -274,6 +281,7 @@ def _write_json(path: pathlib.Path | None, content: dict) -> None:
 
 def _reproduce(options: argparse.Namespace) -> None:
     example = EXAMPLES[options.example]
+    options.points = options.points or example.points
     if options.points < 2:
         raise _UserError("--points must be at least 2.")
     ts, ys = example.data(options.points)
@@ -281,14 +289,17 @@ def _reproduce(options: argparse.Namespace) -> None:
         options,
         _Defaults(example.optimiser, example.epochs, example.steps_per_interval),
     )
-    result, seconds = _train(example.model(jr.key(options.seed)), ts, ys, options)
+    options.model = options.model or example.model_type
+    model = example.model(jr.key(options.seed), options.model)
+    result, seconds = _train(model, ts, ys, options)
     assert isinstance(result.model, NeuralVectorField)
-    assert isinstance(result.model.learned, PiNet)
+    assert isinstance(result.model.learned, (PiNet, PolynomialLibrary))
     learned = to_sympy(result.model.learned)
     comparison = example.compare(learned)
     print(
         f"{example.name}: {example.description}; {ys.shape[0]} trajectory(ies) x "
-        f"{options.points} points, solver {options.solver} ({options.steps} step(s) "
+        f"{options.points} points, {options.model} model, solver {options.solver} "
+        f"({options.steps} step(s) "
         f"per gap), {len(result.losses)} epochs of {options.optimiser}, final loss "
         f"{_final_loss(result):.3e}, {seconds:.1f} s"
     )
@@ -321,6 +332,7 @@ def _reproduce(options: argparse.Namespace) -> None:
         options.out,
         dict(
             example=example.name,
+            model=options.model,
             solver=options.solver,
             steps_per_interval=options.steps,
             optimiser=options.optimiser,
@@ -349,13 +361,15 @@ def _fit(options: argparse.Namespace) -> None:
             f"{np.shape(ys)}."
         )
     width = options.width or math.comb(size + options.degree, options.degree)
-    model = NeuralVectorField(
-        PiNet(size, size, options.degree, width, key=jr.key(options.seed))
-    )
+    if options.model == "polynomial":
+        learned = PolynomialLibrary(size, options.degree)
+    else:
+        learned = PiNet(size, size, options.degree, width, key=jr.key(options.seed))
+    model = NeuralVectorField(learned)
     _fill_in_defaults(options, _FIT_DEFAULTS)
     result, seconds = _train(model, ts, ys, options)
     assert isinstance(result.model, NeuralVectorField)
-    assert isinstance(result.model.learned, PiNet)
+    assert isinstance(result.model.learned, (PiNet, PolynomialLibrary))
     variables = sympy.symbols(f"x0:{size}")
     learned = prune(to_sympy(result.model.learned, variables), options.prune)
     print(

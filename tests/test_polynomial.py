@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import diffrax_implicit_node as din
@@ -98,3 +99,16 @@ def test_errors():
         library(jnp.zeros(3))
     with pytest.raises(ValueError, match="2 inputs"):
         din.to_sympy(library, [sympy.Symbol("a")])
+
+
+def test_example_model_types():
+    example = din.EXAMPLES["nonlinear2d"]
+    assert isinstance(example.model(jr.key(0)).learned, din.PiNet)
+    library = example.model(jr.key(0), "polynomial").learned
+    assert isinstance(library, din.PolynomialLibrary)
+    assert library.size == 2 and library.degree == example.degree
+    assert isinstance(din.EXAMPLES["hires"].model(jr.key(0)).learned, type(library))
+    with pytest.raises(ValueError, match="unknown model type 'mlp'"):
+        dataclasses.replace(example, model_type="mlp")
+    with pytest.raises(ValueError, match="Unknown model type 'mlp'"):
+        example.model(jr.key(0), "mlp")
