@@ -27,7 +27,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ._polynomial import PolynomialLibrary
 from ._solver import AbstractCollocationSolver
@@ -127,35 +127,36 @@ def interval_sensitivities(
     t0: Float[Array, " m"],
     t1: Float[Array, " m"],
     y0: Float[Array, "m n"],
+    steps: Int[Array, " m"],
     *,
     solver: AbstractCollocationSolver,
-    steps_per_interval: int,
+    max_steps: int,
     args: PyTree,
 ) -> Sensitivities:
-    """Integrates each interval in `steps_per_interval` equal steps, as
-    `interval_predictions` does, and carries the sensitivities of the state along.
+    """Integrates each interval in its number of equal `steps` (at most `max_steps`),
+    as `interval_predictions` does, and carries the sensitivities of the state along.
 
     Steps with the solver's own `step` (the same computation as `diffeqsolve` with
-    constant steps), then differentiates each accepted step as in the module's
-    docstring. A window with a failed step has a zero Jacobian and `succeeded` false.
+    constant steps), then differentiates each step as in the module's docstring. A
+    window with a failed step has a zero Jacobian and `succeeded` false.
     """
-    if steps_per_interval == 1:
+    if max_steps == 1:
         # As in `interval_predictions`: one step has nothing to reuse.
         solver = eqx.tree_at(lambda s: s.reuse_jacobian, solver, False)
     term = diffrax.ODETerm(vector_field)
 
-    def window(t0, t1, y0):
-        dt = (t1 - t0) / steps_per_interval
+    def window(t0, t1, y0, steps):
+        dt = (t1 - t0) / steps.astype(t0.dtype)
         solver_state = solver.init(term, t0, t1, y0, args)
         sensitivity = jnp.zeros((y0.shape[0], num_parameters), dtype=y0.dtype)
 
         def step(carry, index):
             ta, y, sensitivity, solver_state, succeeded = carry
-            tb = jnp.where(index == steps_per_interval - 1, t1, ta + dt)
-            y_next, _, dense_info, solver_state, result = solver.step(
+            tb = jnp.where(index == steps - 1, t1, ta + dt)
+            y_next, _, dense_info, next_state, result = solver.step(
                 term, ta, tb, y, args, solver_state, made_jump=False
             )
-            sensitivity = _step_sensitivity(
+            next_sensitivity = _step_sensitivity(
                 vector_field,
                 parameter_jacobian,
                 solver,
@@ -166,15 +167,22 @@ def interval_sensitivities(
                 sensitivity,
                 args,
             )
-            succeeded = succeeded & (result == diffrax.RESULTS.successful)
-            return (tb, y_next, sensitivity, solver_state, succeeded), None
+            # A window with fewer steps than the longest idles through the rest.
+            active = index < steps
+            succeeded = succeeded & (~active | (result == diffrax.RESULTS.successful))
+            carry = jax.tree.map(
+                lambda new, old: jnp.where(active, new, old),
+                (tb, y_next, next_sensitivity, next_state),
+                (ta, y, sensitivity, solver_state),
+            )
+            return (*carry, succeeded), None
 
         carry = (t0, y0, sensitivity, solver_state, jnp.array(True))
         (_, y1, sensitivity, _, succeeded), _ = lax.scan(
-            step, carry, jnp.arange(steps_per_interval)
+            step, carry, jnp.arange(max_steps)
         )
         finite = succeeded & jnp.all(jnp.isfinite(sensitivity))
         return y1, jnp.where(finite, sensitivity, 0), succeeded
 
-    y1, jacobian, succeeded = jax.vmap(window)(t0, t1, y0)
+    y1, jacobian, succeeded = jax.vmap(window)(t0, t1, y0, steps)
     return Sensitivities(y1=y1, jacobian=jacobian, succeeded=succeeded)

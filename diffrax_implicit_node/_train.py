@@ -324,8 +324,9 @@ def _residual_jacobian(
         intervals.t0,
         intervals.t1,
         intervals.y0,
+        jnp.full(intervals.t0.shape, residuals.steps_per_interval),
         solver=solver,
-        steps_per_interval=residuals.steps_per_interval,
+        max_steps=residuals.steps_per_interval,
         args=residuals.args,
     )
     value = ((sensitivities.y1 - intervals.y1) / residuals.scale).ravel()

@@ -100,3 +100,45 @@ def test_library_parameter_jacobian_is_the_forward_mode_one():
     )
     structured = din_sensitivities.library_parameter_jacobian(field.learned)(0.0, y)
     np.testing.assert_array_equal(structured, expected)
+
+
+def test_windows_with_their_own_numbers_of_steps():
+    library = nonlinear2d_library()
+    field = din.NeuralVectorField(library)
+    jacobian = din_sensitivities.library_parameter_jacobian(library)
+    t0 = jnp.array([0.0, 0.01, 0.03])
+    t1 = t0 + 0.02
+    y0 = 1.0 + 0.2 * jr.normal(jr.key(1), (3, 2))
+    solver = radau(din.RadauIIA5)
+
+    def sensitivities(steps, max_steps):
+        return din_sensitivities.interval_sensitivities(
+            field,
+            jacobian,
+            12,
+            t0,
+            t1,
+            y0,
+            steps,
+            solver=solver,
+            max_steps=max_steps,
+            args=None,
+        )
+
+    # Equal up to the Newton tolerance (1e-12): a one-step window reuses no
+    # Jacobian on its own, but may in a batch whose longest window has 3 steps.
+    mixed = sensitivities(jnp.array([1, 3, 2]), 3)
+    for window, steps in enumerate([1, 3, 2]):
+        same = sensitivities(jnp.full(3, steps), steps)
+        np.testing.assert_allclose(mixed.y1[window], same.y1[window], rtol=1e-10)
+        scale = np.abs(same.jacobian[window]).max()
+        np.testing.assert_allclose(
+            mixed.jacobian[window], same.jacobian[window], atol=1e-10 * scale
+        )
+    assert np.all(mixed.succeeded)
+    # The end states are those of `diffeqsolve` in as many steps.
+    for window, steps in enumerate([1, 3, 2]):
+        y1, _ = din.interval_predictions(
+            field, t0, t1, y0, solver=solver, steps_per_interval=steps
+        )
+        np.testing.assert_allclose(mixed.y1[window], y1[window], rtol=1e-10)
