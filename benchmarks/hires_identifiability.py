@@ -20,7 +20,6 @@ import jax.flatten_util
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax_implicit_node._train as din_train
 import numpy as np
 from _problems import machine_description, markdown_table
 from jacobian import hires_residuals
@@ -37,8 +36,8 @@ DESIGNS = (
 def singular_values(t1: float, points: int, trajectories: int, steps: int):
     residuals, trainable = hires_residuals(trajectories, steps, t1=t1, points=points)
     flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
-    jacobian, value = jax.jit(
-        lambda flat: din_train._residual_jacobian(residuals, flat, unflatten)
+    value, jacobian = jax.jit(
+        lambda flat: residuals.value_and_jacobian(unflatten(flat))
     )(flat)
     if not np.all(np.isfinite(value)):
         raise RuntimeError(f"A solve failed at the truth ({steps} steps per gap).")

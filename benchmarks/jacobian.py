@@ -45,7 +45,8 @@ import jax.flatten_util
 jax.config.update("jax_enable_x64", True)
 
 import diffrax_implicit_node as din
-import diffrax_implicit_node._train as din_train
+import diffrax_implicit_node._data as din_data
+import diffrax_implicit_node._windows as din_windows
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -78,15 +79,13 @@ def library_of(equations: list[sympy.Expr], degree: int) -> din.PolynomialLibrar
 
 def hires_residuals(
     trajectories: int, steps: int, t1: float = T1, points: int = POINTS
-) -> tuple[din_train._Residuals, din.PolynomialLibrary]:
+) -> tuple[din_windows.Residuals, din.PolynomialLibrary]:
     """`fit`'s residuals for HIRES (first `trajectories` of Table 7) and the library
     at the true coefficients."""
     example = din.EXAMPLES["hires"]
     ts, ys = example.data(np.linspace(0.0, t1, points))
     ys = ys[:trajectories]
-    _, ys = din_train._as_trajectories(ts, ys)
-    ts = np.broadcast_to(ts, ys.shape[:-1])
-    intervals = din_train._intervals(ts, ys)
+    windows = din_windows.windows_from(din_data.as_observations(ts, ys), steps)
     scale = jnp.asarray(np.abs(ys).max(axis=(0, 1)))
     solver = din.RadauIIA5(
         root_finder=din.SimplifiedNewton(rtol=NEWTON_TOL, atol=NEWTON_TOL),
@@ -94,13 +93,14 @@ def hires_residuals(
     )
     field = din.NeuralVectorField(library_of(example.true_equations(), 2))
     trainable, frozen = eqx.partition(field, eqx.is_inexact_array)
-    residuals = din_train._Residuals(frozen, intervals, scale, solver, steps, args=None)
+    residuals = din_windows.Residuals(frozen, windows, scale, solver, steps, args=None)
     return residuals, trainable
 
 
-def jacobian_function(variant: str, residuals: din_train._Residuals, unflatten):
+def jacobian_function(variant: str, residuals: din_windows.Residuals, unflatten):
     if variant == "sensitivities":
-        return lambda flat: din_train._residual_jacobian(residuals, flat, unflatten)
+        # `fit`'s least-squares Jacobian; (jacobian, value) as `jacfwd` below.
+        return lambda flat: residuals.value_and_jacobian(unflatten(flat))[::-1]
 
     def value_and_value(flat):
         value = residuals(unflatten(flat))
@@ -125,7 +125,7 @@ def measure(variant: str, trajectories: int, steps: int, repeats: int, out: str)
     np.save(out, np.asarray(jacobian))
     return dict(
         variant=variant,
-        windows=int(residuals.intervals.t0.shape[0]),
+        windows=int(residuals.windows.t0.shape[0]),
         compile=compile_time,
         wall=min(walls),
         cpu=min(cpus),

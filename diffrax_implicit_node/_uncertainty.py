@@ -28,8 +28,9 @@ _INVOLVED = 0.1
 
 class Uncertainty(eqx.Module):
     """How well the data determine the learned quantities (the polynomial coefficients
-    of a [`diffrax_implicit_node.PiNet`][], else the trainable parameters), in the
-    linear approximation of the Gauss--Newton method.
+    of a [`diffrax_implicit_node.PiNet`][] or a
+    [`diffrax_implicit_node.PolynomialLibrary`][], else the trainable parameters), in
+    the linear approximation of the Gauss--Newton method.
 
     **Attributes:**
 
