@@ -111,5 +111,5 @@ def test_example_model_types():
     assert isinstance(din.EXAMPLES["hires"].model(jr.key(0)).learned, type(library))
     with pytest.raises(ValueError, match="unknown model type 'mlp'"):
         dataclasses.replace(example, model_type="mlp")
-    with pytest.raises(ValueError, match="Unknown model type 'mlp'"):
+    with pytest.raises(ValueError, match="Unknown model 'mlp'"):
         example.model(jr.key(0), "mlp")
