@@ -15,6 +15,7 @@ from ._names import (
     solver_from_name as solver_from_name,
 )
 from ._pinet import PiNet as PiNet
+from ._polynomial import PolynomialLibrary as PolynomialLibrary
 from ._rk4 import RK4 as RK4
 from ._root_finder import SimplifiedNewton as SimplifiedNewton
 from ._solver import (

@@ -16,8 +16,9 @@ import sympy
 
 from ._examples import EXAMPLES
 from ._model import NeuralVectorField
-from ._names import OPTIMISER_NAMES, SOLVER_NAMES
+from ._names import learned_from_name, MODEL_NAMES, OPTIMISER_NAMES, SOLVER_NAMES
 from ._pinet import PiNet
+from ._polynomial import PolynomialLibrary
 from ._runs import train_by_name, TrainingRun
 from ._symbolic import coefficients, equations_table, prune, to_sympy
 from ._uncertainty import Uncertainty
@@ -99,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
             f"until the solver's error is below the data's (default: {steps})",
         )
         command.add_argument(
+            "--model",
+            choices=MODEL_NAMES,
+            help="the model: a PiNet, or a polynomial library linear in its "
+            f"coefficients (default: {'per example' if defaults is None else 'pinet'})",
+        )
+        command.add_argument(
             "--seed", type=int, default=0, help="initialisation seed (default: 0)"
         )
         command.add_argument(
@@ -129,8 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--points",
         type=_positive_int,
-        default=369,
-        help="observations per trajectory (default: 369)",
+        help="observations per trajectory (default: per example)",
     )
     add_common(reproduce, None)
 
@@ -277,7 +283,8 @@ def _train(
 
 def _summary(run: TrainingRun, options: argparse.Namespace) -> str:
     return (
-        f"{len(run.result.losses)} epochs of {options.optimiser} with "
+        f"{options.model} model, {len(run.result.losses)} epochs of "
+        f"{options.optimiser} with "
         f"{options.solver} ({run.steps_summary()}), final loss "
         f"{run.final_loss:.3e}, {run.seconds:.1f} s on {run.result.devices} "
         "device(s)"
@@ -338,6 +345,7 @@ def _write_json(path: pathlib.Path | None, content: dict) -> None:
 
 def _reproduce(options: argparse.Namespace) -> bool:
     example = EXAMPLES[options.example]
+    options.points = options.points or example.points
     if options.points < 2:
         raise _UserError("--points must be at least 2.")
     ts, ys = example.data(options.points)
@@ -345,10 +353,11 @@ def _reproduce(options: argparse.Namespace) -> bool:
         options,
         _Defaults(example.optimiser, example.epochs, example.steps_per_interval),
     )
-    run = _train(example.model(jr.key(options.seed)), ts, ys, options)
+    options.model = options.model or example.model_type
+    run = _train(example.model(jr.key(options.seed), options.model), ts, ys, options)
     result = run.result
     assert isinstance(result.model, NeuralVectorField)
-    assert isinstance(result.model.learned, PiNet)
+    assert isinstance(result.model.learned, (PiNet, PolynomialLibrary))
     learned = to_sympy(result.model.learned)
     comparison = example.compare(learned)
     print(
@@ -379,6 +388,7 @@ def _reproduce(options: argparse.Namespace) -> bool:
         options.out,
         dict(
             example=example.name,
+            model=options.model,
             solver=options.solver,
             steps_per_interval=options.steps,
             steps=result.steps.tolist(),
@@ -421,14 +431,17 @@ def _fit(options: argparse.Namespace) -> bool:
             f"{np.shape(ys)}."
         )
     width = options.width or math.comb(size + options.degree, options.degree)
+    options.model = options.model or "pinet"
     model = NeuralVectorField(
-        PiNet(size, size, options.degree, width, key=jr.key(options.seed))
+        learned_from_name(
+            options.model, size, options.degree, width, key=jr.key(options.seed)
+        )
     )
     _fill_in_defaults(options, _FIT_DEFAULTS)
     run = _train(model, ts, ys, options)
     result = run.result
     assert isinstance(result.model, NeuralVectorField)
-    assert isinstance(result.model.learned, PiNet)
+    assert isinstance(result.model.learned, (PiNet, PolynomialLibrary))
     variables = sympy.symbols(f"x0:{size}")
     learned = prune(to_sympy(result.model.learned, variables), options.prune)
     print(_summary(run, options))
@@ -438,6 +451,7 @@ def _fit(options: argparse.Namespace) -> bool:
     _write_json(
         options.out,
         dict(
+            model=options.model,
             equations={
                 str(v): coefficients(e, variables) for v, e in zip(variables, learned)
             },

@@ -1,9 +1,12 @@
-"""The solvers and optimisers of the command line and the studies, by name."""
+"""The models, solvers and optimisers of the command line and the studies, by name."""
 
 import diffrax
 import optax
 import optimistix as optx
+from jaxtyping import PRNGKeyArray
 
+from ._pinet import PiNet
+from ._polynomial import PolynomialLibrary
 from ._rk4 import RK4
 from ._root_finder import SimplifiedNewton
 from ._solver import BackwardEuler, RadauIIA3, RadauIIA5, Trapezoid
@@ -87,3 +90,21 @@ def optimiser_from_name(
     raise ValueError(
         f"Unknown optimiser {name!r}; choose one of {', '.join(OPTIMISER_NAMES)}."
     )
+
+
+MODEL_NAMES = ("pinet", "polynomial")
+
+
+def learned_from_name(
+    name: str, size: int, degree: int, width: int, *, key: PRNGKeyArray
+) -> PiNet | PolynomialLibrary:
+    """The learned part of a vector field of `size` states, by the name of the
+    command line's `--model`: `"pinet"` for a [`diffrax_implicit_node.PiNet`][] of
+    `degree` and `width` initialised from `key`, `"polynomial"` for a
+    [`diffrax_implicit_node.PolynomialLibrary`][] of `degree` (zero, so `width` and
+    `key` are unused)."""
+    if name == "pinet":
+        return PiNet(size, size, degree, width, key=key)
+    if name == "polynomial":
+        return PolynomialLibrary(size, degree)
+    raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")

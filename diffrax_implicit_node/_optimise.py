@@ -181,36 +181,28 @@ class FirstOrder(AbstractOptimisation):
 
 
 def least_squares_problem(
-    residuals: Callable[[PyTree], Float[Array, " r"]], trainable: PyTree
+    residuals: Residuals, trainable: PyTree
 ) -> tuple[Float[Array, " p"], Callable[[Array, None], tuple], Callable]:
     """The residuals as a function `fn(flat, None) -> (residuals, None)` of the
     flattened parameters, for an Optimistix least-squares solver; returns
     `(flat, fn, unflatten)`.
 
-    Its forward-mode derivative materialises the Jacobian (one JVP per parameter):
-    Optimistix linearises `fn` and keeps the linearisation in its state, which for
-    the solves of thousands of intervals would otherwise hold every intermediate
-    value of every step (gigabytes, in memory and in each checkpoint), instead of
-    a residuals-by-parameters matrix.
+    Its forward-mode derivative materialises the Jacobian
+    (`Residuals.value_and_jacobian`): Optimistix linearises `fn` and keeps the
+    linearisation in its state, which for the solves of thousands of intervals would
+    otherwise hold every intermediate value of every step (gigabytes, in memory and
+    in each checkpoint), instead of a residuals-by-parameters matrix.
     """
     flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
 
-    def plain(flat):
-        return residuals(unflatten(flat))
-
-    def value_and_value(flat):
-        # The residuals once, as the output to differentiate and as the aux value.
-        value = plain(flat)
-        return value, value
-
     @jax.custom_jvp
     def with_jacobian(flat):
-        return plain(flat)
+        return residuals(unflatten(flat))
 
     @with_jacobian.defjvp
     def _(primals, tangents):
         (flat,), (tangent,) = primals, tangents
-        jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
+        value, jacobian = residuals.value_and_jacobian(unflatten(flat))
         return value, jacobian @ tangent
 
     return flat, lambda flat, _: (with_jacobian(flat), None), unflatten

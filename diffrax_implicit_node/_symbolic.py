@@ -7,6 +7,7 @@ import sympy
 from jaxtyping import Array, ArrayLike
 
 from ._pinet import PiNet
+from ._polynomial import PolynomialLibrary
 
 
 def _default_variables(size: int) -> tuple[sympy.Symbol, ...]:
@@ -31,40 +32,56 @@ def _linear_polynomials(
     ]
 
 
-def to_sympy(
-    model: PiNet, variables: Sequence[sympy.Symbol] | None = None
+def _library_polynomials(
+    model: PolynomialLibrary, variables: tuple[sympy.Symbol, ...]
 ) -> list[sympy.Expr]:
-    """Writes out a [`diffrax_implicit_node.PiNet`][] as polynomials.
+    exponents = [tuple(map(int, row)) for row in model.exponents]
+    return [
+        sympy.Poly.from_dict(
+            dict(zip(exponents, map(float, row))), *variables, domain=sympy.RR
+        ).as_expr()
+        for row in np.asarray(model.coefficients, dtype=np.float64)
+    ]
 
-    The network is expanded layer by layer in polynomial arithmetic on its parameters
+
+def to_sympy(
+    model: PiNet | PolynomialLibrary, variables: Sequence[sympy.Symbol] | None = None
+) -> list[sympy.Expr]:
+    """Writes out a [`diffrax_implicit_node.PiNet`][] or a
+    [`diffrax_implicit_node.PolynomialLibrary`][] as polynomials.
+
+    A PiNet is expanded layer by layer in polynomial arithmetic on its parameters
     (converted exactly to 53-bit floats), so evaluating the expressions gives the
-    output of the network up to floating-point round-off. Monomials whose coefficient
-    is exactly zero do not appear; use [`diffrax_implicit_node.prune`][] to drop
-    negligible ones.
+    output of the network up to floating-point round-off; a library's coefficients
+    are its polynomials' coefficients. Monomials whose coefficient is exactly zero do
+    not appear; use [`diffrax_implicit_node.prune`][] to drop negligible ones.
 
     **Arguments:**
 
-    - `model`: The PiNet. For a [`diffrax_implicit_node.NeuralVectorField`][], pass
-        its learned part, `field.learned`.
+    - `model`: The PiNet or library. For a
+        [`diffrax_implicit_node.NeuralVectorField`][], pass its learned part,
+        `field.learned`.
     - `variables`: One SymPy symbol per input. Defaults to `x0, x1, ...`.
 
     **Returns:**
 
     A list of expanded SymPy expressions, one per output.
     """
-    if not isinstance(model, PiNet):
+    if not isinstance(model, (PiNet, PolynomialLibrary)):
         raise TypeError(
-            f"`to_sympy` expects a PiNet, got {type(model).__name__}; for a "
-            "`NeuralVectorField`, pass its `.learned` part."
+            f"`to_sympy` expects a PiNet or a PolynomialLibrary, got "
+            f"{type(model).__name__}; for a `NeuralVectorField`, pass its `.learned` "
+            "part."
         )
-    variables = (
-        _default_variables(model.in_size) if variables is None else tuple(variables)
-    )
-    if len(variables) != model.in_size:
+    in_size = model.size if isinstance(model, PolynomialLibrary) else model.in_size
+    variables = _default_variables(in_size) if variables is None else tuple(variables)
+    if len(variables) != in_size:
         raise ValueError(
-            f"The PiNet has {model.in_size} inputs, but {len(variables)} variables "
-            "were given."
+            f"The {type(model).__name__} has {in_size} inputs, but {len(variables)} "
+            "variables were given."
         )
+    if isinstance(model, PolynomialLibrary):
+        return _library_polynomials(model, variables)
     first, *rest = [
         _linear_polynomials(layer.weight, cast(Array, layer.bias), variables)
         for layer in model.layers

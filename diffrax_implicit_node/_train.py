@@ -59,9 +59,9 @@ class FitResult(eqx.Module):
         figures: a [`diffrax_implicit_node.Verification`][]. A small final loss is
         not enough: with too few solver steps per gap the discretisation, not the
         equations, can fit the data.
-    - `uncertainty`: The standard errors of the learned coefficients (of a PiNet; else
-        of the trainable parameters) and the directions the data do not determine:
-        a [`diffrax_implicit_node.Uncertainty`][].
+    - `uncertainty`: The standard errors of the learned coefficients (of a PiNet or a
+        PolynomialLibrary; else of the trainable parameters) and the directions the
+        data do not determine: a [`diffrax_implicit_node.Uncertainty`][].
     - `steps`: The solver steps of each window (gap between observations) in the
         final round of training, a NumPy array of shape `(B, T - 1)`.
     - `devices`: The number of devices trained on.
@@ -129,10 +129,13 @@ def fit(
     its valley, while Levenberg--Marquardt, which uses the Jacobian of the residuals,
     follows it. Then an epoch is one step of the solver (accepted or not), the loss
     history is that of the accepted parameters, and training ends early, without a
-    warning, once the solver meets its tolerances. Each step costs one forward-mode
-    derivative per trainable parameter and memory for the Jacobian (residuals by
-    parameters): right for models of up to a few hundred parameters, such as a
-    [`diffrax_implicit_node.PiNet`][].
+    warning, once the solver meets its tolerances. Each step needs the Jacobian of the
+    residuals (residuals by parameters, held in memory): right for models of up to a
+    few hundred parameters, such as a [`diffrax_implicit_node.PiNet`][] or a
+    [`diffrax_implicit_node.PolynomialLibrary`][]. With this package's collocation
+    solvers it comes from forward sensitivities through each implicit step (one LU
+    factorisation of the exact stage matrix per step serves every parameter); with
+    other solvers, from one forward-mode derivative per parameter through the solver.
 
     If the loss or its gradient becomes non-finite, or a solve fails (the Newton
     iteration of an implicit solver does not converge, which counts as an infinite

@@ -2,7 +2,6 @@
 and practically unidentifiable directions, from the Gauss--Newton Jacobian of the
 training residuals at the solution."""
 
-import itertools
 from typing import NamedTuple
 
 import equinox as eqx
@@ -15,6 +14,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._model import NeuralVectorField
 from ._pinet import PiNet
+from ._polynomial import PolynomialLibrary
 from ._symbolic import coefficients, to_sympy
 from ._windows import Residuals
 
@@ -28,8 +28,9 @@ _INVOLVED = 0.1
 
 class Uncertainty(eqx.Module):
     """How well the data determine the learned quantities (the polynomial coefficients
-    of a [`diffrax_implicit_node.PiNet`][], else the trainable parameters), in the
-    linear approximation of the Gauss--Newton method.
+    of a [`diffrax_implicit_node.PiNet`][] or a
+    [`diffrax_implicit_node.PolynomialLibrary`][], else the trainable parameters), in
+    the linear approximation of the Gauss--Newton method.
 
     **Attributes:**
 
@@ -64,47 +65,29 @@ class Uncertainty(eqx.Module):
         return out
 
 
-class _Polynomials(eqx.Module):
-    """Polynomials with coefficient matrix `coefficients[output, monomial]`."""
-
-    coefficients: Float[Array, "out monomials"]
-    # One tuple of exponents per monomial (static: hashable, not an array).
-    exponents: tuple[tuple[int, ...], ...] = eqx.field(static=True)
-
-    def __call__(self, y: Float[Array, " n"]) -> Float[Array, " out"]:
-        # Integer powers (a float power of a negative number is NaN).
-        monomials = jnp.stack(
-            [
-                jnp.prod(jnp.stack([y[j] ** k for j, k in enumerate(e)]))
-                for e in self.exponents
-            ]
-        )
-        return self.coefficients @ monomials
-
-
-def _exponents(size: int, degree: int) -> np.ndarray:
-    return np.array(
-        [
-            e
-            for total in range(degree + 1)
-            for e in itertools.product(range(total + 1), repeat=size)
-            if sum(e) == total
-        ],
-        dtype=np.int64,
-    ).reshape(-1, size)
-
-
-def _as_polynomials(pinet: PiNet) -> tuple[_Polynomials, list[str]]:
-    """The PiNet as explicit polynomials, and the monomials' names."""
-    variables = sympy.symbols(f"x0:{pinet.in_size}")
-    exponents = _exponents(pinet.in_size, pinet.degree)
-    monomials = [
-        str(sympy.Mul(*(v ** int(k) for v, k in zip(variables, e)))) for e in exponents
+def _as_library(learned: PiNet | PolynomialLibrary) -> PolynomialLibrary:
+    """A PiNet as the polynomial library it equals (a library as it is)."""
+    if isinstance(learned, PolynomialLibrary):
+        return learned
+    library = PolynomialLibrary(learned.in_size, learned.degree)
+    variables = sympy.symbols(f"x0:{learned.in_size}")
+    monomials = _monomial_names(library, variables)
+    learned_coefficients = [
+        coefficients(e, variables) for e in to_sympy(learned, variables)
     ]
-    learned = [coefficients(e, variables) for e in to_sympy(pinet, variables)]
-    matrix = np.array([[c.get(m, 0.0) for m in monomials] for c in learned])
-    static_exponents = tuple(tuple(int(k) for k in e) for e in exponents)
-    return _Polynomials(jnp.asarray(matrix), static_exponents), monomials
+    matrix = np.array(
+        [[c.get(m, 0.0) for m in monomials] for c in learned_coefficients]
+    )
+    return eqx.tree_at(lambda m: m.coefficients, library, jnp.asarray(matrix))
+
+
+def _monomial_names(
+    library: PolynomialLibrary, variables: tuple[sympy.Symbol, ...]
+) -> list[str]:
+    return [
+        str(sympy.Mul(*(v ** int(k) for v, k in zip(variables, e))))
+        for e in library.exponents
+    ]
 
 
 @eqx.filter_jit
@@ -160,14 +143,7 @@ def _residuals_and_jacobian(
     residuals: Residuals, trainable: PyTree
 ) -> tuple[Float[Array, " r"], Float[Array, "r p"]]:
     # Compiled once per structure of model and data, reused by every fit.
-    flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
-
-    def value_and_value(q):
-        value = residuals(unflatten(q))
-        return value, value
-
-    jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
-    return value, jacobian
+    return residuals.value_and_jacobian(trainable)
 
 
 def uncertainty(
@@ -184,12 +160,15 @@ def uncertainty(
     so the residuals, depend on the parameters only through the coefficients, and the
     many parameters of a PiNet are redundant. The Jacobian is then taken with respect
     to the coefficients of every monomial up to the PiNet's degree, the PiNet
-    replaced by the explicit polynomials it equals. `noise`: the standard deviation
+    replaced by the [`diffrax_implicit_node.PolynomialLibrary`][] it equals; a
+    library's parameters are its coefficients already. `noise`: the standard deviation
     of each component's observations, in the residuals' units, if known.
     """
-    if isinstance(model, NeuralVectorField) and isinstance(model.learned, PiNet):
-        polynomials, monomials = _as_polynomials(model.learned)
-        field = eqx.tree_at(lambda f: f.learned, model, polynomials)
+    if isinstance(model, NeuralVectorField) and isinstance(
+        model.learned, PiNet | PolynomialLibrary
+    ):
+        library = _as_library(model.learned)
+        field = eqx.tree_at(lambda f: f.learned, model, library)
         trainable, frozen = eqx.partition(
             field,
             eqx.tree_at(
@@ -199,11 +178,8 @@ def uncertainty(
             ),
         )
         residuals = eqx.tree_at(lambda r: r.frozen, residuals, frozen)
-        names = tuple(
-            f"x{i}': {m}"
-            for i in range(polynomials.coefficients.shape[0])
-            for m in monomials
-        )
+        monomials = _monomial_names(library, sympy.symbols(f"x0:{library.size}"))
+        names = tuple(f"x{i}': {m}" for i in range(library.size) for m in monomials)
     else:
         names = None
     flat, _ = jax.flatten_util.ravel_pytree(trainable)

@@ -6,10 +6,20 @@ import dataclasses
 import diffrax
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._data import Observations
+from ._model import NeuralVectorField
+from ._polynomial import PolynomialLibrary
+from ._sensitivities import (
+    generic_parameter_jacobian,
+    interval_sensitivities,
+    library_parameter_jacobian,
+    ParameterJacobian,
+    supports_sensitivities,
+)
 from ._solver import AbstractCollocationSolver
 
 
@@ -172,16 +182,79 @@ class Residuals(eqx.Module):
             args=self.args,
         )
 
-    def __call__(
-        self, trainable: PyTree, indices: Int[Array, " b"] | None = None
+    def _scaled(
+        self,
+        predictions: Float[Array, "m n"],
+        succeeded: Bool[Array, " m"],
+        windows: Windows,
     ) -> Float[Array, " residuals"]:
-        # One residual per component of each window (all, or those of `indices`).
-        windows = self.windows
-        if indices is not None:
-            windows = jax.tree.map(lambda x: x[indices], windows)
-        predictions, succeeded = self.predictions(trainable, windows)
+        # One residual per component of each window.
         weight = windows.weight[:, None]
         residuals = ((predictions - windows.y1) / self.scale[None, :] * weight).ravel()
         # The end state of a failed solve is meaningless: count it as infinitely far
         # off, which stops a first-order optimiser and makes a trust region shrink.
         return jnp.where(jnp.all(succeeded | (windows.weight == 0)), residuals, jnp.inf)
+
+    def __call__(
+        self, trainable: PyTree, indices: Int[Array, " b"] | None = None
+    ) -> Float[Array, " residuals"]:
+        """The residuals of all windows, or of those of `indices`."""
+        windows = self.windows
+        if indices is not None:
+            windows = jax.tree.map(lambda x: x[indices], windows)
+        predictions, succeeded = self.predictions(trainable, windows)
+        return self._scaled(predictions, succeeded, windows)
+
+    def _parameter_jacobian(self, trainable: PyTree) -> ParameterJacobian:
+        field = eqx.combine(trainable, self.frozen)
+        if (
+            isinstance(field, NeuralVectorField)
+            and isinstance(field.learned, PolynomialLibrary)
+            and len(leaves := jax.tree.leaves(trainable)) == 1
+            and leaves[0] is trainable.learned.coefficients
+        ):
+            return library_parameter_jacobian(field.learned)
+        flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
+        return generic_parameter_jacobian(
+            lambda p: eqx.combine(unflatten(p), self.frozen), flat, self.args
+        )
+
+    def value_and_jacobian(
+        self, trainable: PyTree
+    ) -> tuple[Float[Array, " residuals"], Float[Array, "residuals p"]]:
+        """The residuals of all windows and their Jacobian with respect to the
+        trainable parameters, flattened as `jax.flatten_util.ravel_pytree` does.
+
+        With this package's collocation solvers, by forward sensitivities through
+        each implicit step (`_sensitivities`: one LU factorisation per step serves
+        every parameter); with other solvers, by one forward-mode derivative per
+        parameter through the solver.
+        """
+        flat, unflatten = jax.flatten_util.ravel_pytree(trainable)
+        if not supports_sensitivities(self.solver):
+
+            def value_and_value(flat):
+                # The residuals once, as the output to differentiate and as aux.
+                value = self(unflatten(flat))
+                return value, value
+
+            jacobian, value = jax.jacfwd(value_and_value, has_aux=True)(flat)
+            return value, jacobian
+        assert isinstance(self.solver, AbstractCollocationSolver)
+        windows = self.windows
+        sensitivities = interval_sensitivities(
+            eqx.combine(trainable, self.frozen),
+            self._parameter_jacobian(trainable),
+            flat.shape[0],
+            windows.t0,
+            windows.t1,
+            windows.y0,
+            windows.steps,
+            solver=self.solver,
+            max_steps=self.max_steps,
+            args=self.args,
+        )
+        value = self._scaled(sensitivities.y1, sensitivities.succeeded, windows)
+        row_scale = windows.weight[:, None] / self.scale[None, :]
+        jacobian = sensitivities.jacobian * row_scale[:, :, None]
+        return value, jacobian.reshape(value.shape[0], flat.shape[0])

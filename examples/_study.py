@@ -183,12 +183,17 @@ def study(
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     if len(points) > 1:
         error_plot(name, runs, OUTPUT_DIR / f"{name}{suffix}.png")
+    model = (
+        f"PiNet of degree {example.degree} and width {example.width}"
+        if example.model_type == "pinet"
+        else f"polynomial library of degree {example.degree}"
+    )
     text = "\n".join(
         [
             f"Study `{name}`{' (quick smoke run)' if quick else ''}: "
             f"{example.description}; "
             f"{len(example.initial_conditions)} trajectory(ies); "
-            f"PiNet of degree {example.degree} and width {example.width}; "
+            f"{model}; "
             f"at most {epochs} steps of {example.optimiser} "
             f"(`din.optimiser_from_name({example.optimiser!r})`); "
             f"{example.steps_per_interval} solver step(s) per gap. "

@@ -121,6 +121,18 @@ def test_reproduce_writes_json(tmp_path, capsys):
         )
 
 
+def test_reproduce_with_a_polynomial_library(tmp_path, capsys):
+    out = tmp_path / "linear.json"
+    arguments = ["reproduce", "linear", "--points", "20", "--epochs", "2"]
+    arguments += ["--model", "polynomial", "--optimiser", "levenberg-marquardt"]
+    assert main(arguments + ["--quiet", "--out", str(out)]) == 0
+    assert "polynomial model" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["model"] == "polynomial" and result["epochs"] == 2
+    # From zero (relative error 1), Levenberg-Marquardt moves towards the true rate.
+    assert result["equations"]["x0"]["coefficients"]["x0"]["relative_error"] < 1
+
+
 def test_module_entry_point():
     completed = subprocess.run(
         [sys.executable, "-m", "diffrax_implicit_node", "reproduce", "--help"],

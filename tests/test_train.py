@@ -440,12 +440,17 @@ def test_standard_errors_match_refits_of_noisy_copies():
     np.testing.assert_allclose(np.mean(stderrs, axis=0), spread, rtol=0.3)
 
 
-def test_unidentifiable_coefficients_are_named():
+@pytest.mark.parametrize(
+    "learned",
+    [din.PiNet(1, 1, 2, 3, key=jr.key(0)), din.PolynomialLibrary(1, 2)],
+    ids=["pinet", "library"],
+)
+def test_unidentifiable_coefficients_are_named(learned):
     # At rest at y = 1, the data pin down f(1) = 0 only: of the coefficients of 1,
-    # x0 and x0**2 just their sum.
+    # x0 and x0**2 just their sum. (A PiNet's are those of the library it equals.)
     ts = np.linspace(0.0, 1.0, 6)
     ys = np.ones((6, 1))
-    model = din.NeuralVectorField(din.PiNet(1, 1, 2, 3, key=jr.key(0)))
+    model = din.NeuralVectorField(learned)
     result = din.fit(
         model,
         ts,
