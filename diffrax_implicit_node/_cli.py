@@ -322,6 +322,19 @@ def _report_uncertainty(
             + ", ".join(names)
             + " (their standard errors are inf)."
         )
+    poorly_determined = uncertainty.poorly_determined()
+    if poorly_determined:
+        print(
+            "POORLY DETERMINED: the data do not fix these coefficients to better than "
+            "10 % (one standard error); other values reproduce the data as well, so "
+            "do not read them as the true ones: " + ", ".join(poorly_determined) + "."
+        )
+    zero = uncertainty.consistent_with_zero()
+    if zero:
+        print(
+            "Within two standard errors of zero (the data do not show these terms; "
+            "--prune drops small ones): " + ", ".join(zero) + "."
+        )
 
 
 def _uncertainty_json(uncertainty: Uncertainty) -> dict:
@@ -331,6 +344,8 @@ def _uncertainty_json(uncertainty: Uncertainty) -> dict:
             for equation, rows in uncertainty.by_equation(uncertainty.stderr).items()
         },
         unidentifiable=[list(names) for names in uncertainty.unidentifiable],
+        poorly_determined=list(uncertainty.poorly_determined()),
+        consistent_with_zero=list(uncertainty.consistent_with_zero()),
     )
 
 

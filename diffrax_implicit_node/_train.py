@@ -23,7 +23,7 @@ from ._data import as_observations
 from ._optimise import AbstractOptimisation, optimisation
 from ._sharding import data_parallel, Devices
 from ._uncertainty import Uncertainty, uncertainty
-from ._verify import data_scale, Verification, verify, window_errors
+from ._verify import DATA_RTOL, data_scale, Verification, verify, window_errors
 from ._windows import Residuals, windows_from
 
 
@@ -338,7 +338,12 @@ def fit(
     verification = verify(model, observations, residuals, trainable, noise)
     residual_noise = None if noise is None else noise * data_scale_ / np.asarray(scale)
     uncertainty_ = uncertainty(
-        model, residuals, trainable, residual_noise, observations.ts.shape[1] - 1
+        model,
+        residuals,
+        trainable,
+        residual_noise,
+        DATA_RTOL * data_scale_ / np.asarray(scale),
+        observations.ts.shape[1] - 1,
     )
     if not verification.verified:
         warnings.warn(

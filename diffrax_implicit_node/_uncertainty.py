@@ -24,6 +24,9 @@ from ._windows import Residuals
 UNIDENTIFIABLE_RATIO = 1e-9
 # The coefficients that make up such a direction: its components above this.
 _INVOLVED = 0.1
+# A quantity whose standard error exceeds this fraction of its value is poorly
+# determined by the data.
+POORLY_DETERMINED_RATIO = 0.1
 
 
 class Uncertainty(eqx.Module):
@@ -44,8 +47,13 @@ class Uncertainty(eqx.Module):
         relative to the largest.
     - `unidentifiable`: For each direction whose scaled singular value is below
         1e-9, the names of the quantities it involves.
-    - `noise`: The standard deviation of the observations' noise used (estimated
-        from the residuals, or the one given), in the units of `fit`'s `scale`.
+    - `noise`: The standard deviation of the observations' noise used, in the units
+        of `fit`'s `scale`: the one given, or else estimated from the residuals; but
+        at least the resolution at which `fit` verifies its model (a relative
+        `1e-4`). So the standard errors say how far the quantities could move while
+        the model still reproduces the data as well as it was verified to, also for
+        noise-free data, whose tiny residuals would otherwise promise a precision
+        that a sloppy direction of the fit does not have.
     """
 
     names: tuple[str, ...]
@@ -63,6 +71,24 @@ class Uncertainty(eqx.Module):
             equation, _, monomial = name.partition("': ")
             out.setdefault(equation, {})[monomial] = float(value)
         return out
+
+    def poorly_determined(self) -> tuple[str, ...]:
+        """The quantities that differ from zero by more than two standard errors, but
+        whose standard error exceeds a tenth of their value (or is infinite): the
+        data pin down that a term is there, but not its size."""
+        values, stderr = np.abs(self.values), self.stderr
+        nonzero = values > 2 * np.where(np.isfinite(stderr), stderr, 0)
+        loose = ~(stderr <= POORLY_DETERMINED_RATIO * values)
+        return tuple(n for n, p in zip(self.names, nonzero & loose) if p)
+
+    def consistent_with_zero(self) -> tuple[str, ...]:
+        """The quantities within two (finite) standard errors of zero: the data do
+        not show that their terms are there at all."""
+        return tuple(
+            n
+            for n, v, e in zip(self.names, self.values, self.stderr)
+            if np.isfinite(e) and abs(v) <= 2 * e
+        )
 
 
 def _as_library(learned: PiNet | PolynomialLibrary) -> PolynomialLibrary:
@@ -151,6 +177,7 @@ def uncertainty(
     residuals: Residuals,
     trainable: PyTree,
     noise: Float[np.ndarray, " n"] | None,
+    resolution: Float[np.ndarray, " n"],
     windows_per_trajectory: int,
 ) -> Uncertainty:
     """The standard errors of what `fit` learned, and its unidentifiable directions.
@@ -162,7 +189,9 @@ def uncertainty(
     to the coefficients of every monomial up to the PiNet's degree, the PiNet
     replaced by the [`diffrax_implicit_node.PolynomialLibrary`][] it equals; a
     library's parameters are its coefficients already. `noise`: the standard deviation
-    of each component's observations, in the residuals' units, if known.
+    of each component's observations, in the residuals' units, if known;
+    `resolution`: the least noise level to assume, in the same units (see
+    `Uncertainty.noise`).
     """
     if isinstance(model, NeuralVectorField) and isinstance(
         model.learned, PiNet | PolynomialLibrary
@@ -216,6 +245,7 @@ def uncertainty(
         sigma = np.full(size, np.sqrt(np.sum(values**2) / dof))
     else:
         sigma = np.broadcast_to(np.asarray(noise, dtype=float), (size,))
+    sigma = np.maximum(sigma, resolution)
     exposed = exposure.matrix[..., usable] * sigma[None, None, :, None]
     spread = exposed.reshape(-1, int(np.sum(usable))) @ pseudo_inverse
     variance = np.full(len(names), np.inf)

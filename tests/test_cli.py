@@ -42,6 +42,10 @@ def test_fit_csv_with_trajectories(tmp_path, capsys):
     assert learned["x0"]["1"] == pytest.approx(1.0, rel=1e-3)
     assert result["verified"] is True and result["unidentifiable"] == []
     assert result["stderr"]["x0"].keys() == {"x0", "1"}
+    # Noise-free data: the standard errors are those of the resolution the fit was
+    # verified at (a relative 1e-4), not of the tiny residuals (about 1e-9 here).
+    assert 1e-6 < result["stderr"]["x0"]["x0"] < 0.2
+    assert result["poorly_determined"] == [] and result["consistent_with_zero"] == []
 
 
 @pytest.mark.slow

@@ -466,3 +466,18 @@ def test_unidentifiable_coefficients_are_named(learned):
     assert len(uncertainty.unidentifiable) == 2
     assert set().union(*uncertainty.unidentifiable) == set(uncertainty.names)
     assert np.all(np.isinf(uncertainty.stderr))
+
+
+def test_poorly_determined_and_consistent_with_zero():
+    uncertainty = din.Uncertainty(
+        names=("a", "b", "c", "d", "e"),
+        values=np.array([1.0, 1.0, 0.01, -5.0, 3.0]),
+        stderr=np.array([0.05, 0.3, 0.02, np.inf, 1e-3]),
+        singular_values=np.ones(5),
+        unidentifiable=(("d",),),
+        noise=1e-4,
+    )
+    # b: 30 % of its value; d: not determined at all. c is within two standard
+    # errors of zero; a and e are determined to 5 % and better.
+    assert uncertainty.poorly_determined() == ("b", "d")
+    assert uncertainty.consistent_with_zero() == ("c",)
