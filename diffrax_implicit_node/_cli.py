@@ -291,7 +291,7 @@ def _summary(run: TrainingRun, options: argparse.Namespace) -> str:
     )
 
 
-def _report_verification(verification: Verification) -> None:
+def _report_verification(verification: Verification, uncertainty: Uncertainty) -> None:
     """Says in plain words whether the learned equations can be trusted."""
     figures = (
         f"trajectory error {verification.trajectory_error:.1e}, discretisation "
@@ -300,6 +300,11 @@ def _report_verification(verification: Verification) -> None:
     )
     if verification.verified:
         print(f"Verified: the learned equations reproduce the data ({figures}).")
+        if uncertainty.poorly_determined() or uncertainty.unidentifiable:
+            print(
+                "But reproducing the data does not make the coefficients named above "
+                "right: the data do not determine them."
+            )
     else:
         print(
             "NOT VERIFIED: the learned equations do NOT reproduce the data; do not "
@@ -316,6 +321,12 @@ def _report_uncertainty(
         for monomial, value in coefficients(expression, variables).items():
             error = stderr.get(f"x{i}", {}).get(monomial, math.nan)
             print(f"  x{i}': {monomial:>10}  {value:>14.8g} +- {error:.2e}")
+    _report_determination(uncertainty)
+
+
+def _report_determination(uncertainty: Uncertainty) -> None:
+    """Names the coefficients that the data do not pin down: a verified fit can still
+    have them wrong."""
     for names in uncertainty.unidentifiable:
         print(
             "Not identifiable: the data do not determine the combination of "
@@ -325,15 +336,18 @@ def _report_uncertainty(
     poorly_determined = uncertainty.poorly_determined()
     if poorly_determined:
         print(
-            "POORLY DETERMINED: the data do not fix these coefficients to better than "
-            "10 % (one standard error); other values reproduce the data as well, so "
-            "do not read them as the true ones: " + ", ".join(poorly_determined) + "."
+            "POORLY DETERMINED: the data do not fix these coefficients (one standard "
+            "error above 10 % of the coefficient or of its equation's largest one); "
+            "other values reproduce the data as well, so do not read them as the "
+            "true ones: " + ", ".join(poorly_determined) + "."
         )
     zero = uncertainty.consistent_with_zero()
     if zero:
         print(
-            "Within two standard errors of zero (the data do not show these terms; "
-            "--prune drops small ones): " + ", ".join(zero) + "."
+            "NOT SHOWN TO BE NONZERO: these coefficients are within two standard "
+            "errors of zero, so the data do not show that their terms are there "
+            "(spurious terms, which --prune drops if small, or terms the data cannot "
+            "resolve): " + ", ".join(zero) + "."
         )
 
 
@@ -398,7 +412,8 @@ def _reproduce(options: argparse.Namespace) -> bool:
         print(
             f"  largest coefficient of a monomial not in the truth: {max(spurious):.3e}"
         )
-    _report_verification(result.verification)
+    _report_determination(result.uncertainty)
+    _report_verification(result.verification, result.uncertainty)
     _write_json(
         options.out,
         dict(
@@ -462,7 +477,7 @@ def _fit(options: argparse.Namespace) -> bool:
     print(_summary(run, options))
     print(equations_table({"learned": learned}, variables, digits=6))
     _report_uncertainty(result.uncertainty, learned, variables)
-    _report_verification(result.verification)
+    _report_verification(result.verification, result.uncertainty)
     _write_json(
         options.out,
         dict(

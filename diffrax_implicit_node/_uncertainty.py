@@ -73,13 +73,22 @@ class Uncertainty(eqx.Module):
         return out
 
     def poorly_determined(self) -> tuple[str, ...]:
-        """The quantities that differ from zero by more than two standard errors, but
-        whose standard error exceeds a tenth of their value (or is infinite): the
-        data pin down that a term is there, but not its size."""
+        """The quantities the data do not pin down: those whose standard error exceeds
+        a tenth of their own value (if they differ from zero by more than two standard
+        errors), or a tenth of the largest value in their equation (for the
+        coefficients of a polynomial; else of all values). The second catches a large
+        term that the data cannot tell from zero."""
         values, stderr = np.abs(self.values), self.stderr
+        equations = [name.partition("': ")[0] for name in self.names]
+        largest = {e: 0.0 for e in equations}
+        for equation, value in zip(equations, values):
+            largest[equation] = max(largest[equation], float(value))
+        scale = np.array([largest[e] for e in equations])
         nonzero = values > 2 * np.where(np.isfinite(stderr), stderr, 0)
         loose = ~(stderr <= POORLY_DETERMINED_RATIO * values)
-        return tuple(n for n, p in zip(self.names, nonzero & loose) if p)
+        large = ~(stderr <= POORLY_DETERMINED_RATIO * scale)
+        flagged = (nonzero & loose) | large
+        return tuple(n for n, f in zip(self.names, flagged) if f)
 
     def consistent_with_zero(self) -> tuple[str, ...]:
         """The quantities within two (finite) standard errors of zero: the data do

@@ -470,14 +470,15 @@ def test_unidentifiable_coefficients_are_named(learned):
 
 def test_poorly_determined_and_consistent_with_zero():
     uncertainty = din.Uncertainty(
-        names=("a", "b", "c", "d", "e"),
-        values=np.array([1.0, 1.0, 0.01, -5.0, 3.0]),
-        stderr=np.array([0.05, 0.3, 0.02, np.inf, 1e-3]),
-        singular_values=np.ones(5),
-        unidentifiable=(("d",),),
+        names=("x0': a", "x0': b", "x0': c", "x0': d", "x0': e", "x1': f", "x1': g"),
+        values=np.array([1.0, 1.0, 0.01, -5.0, 3.0, 0.5, 2.0]),
+        stderr=np.array([0.05, 0.3, 0.02, np.inf, 1e-3, 1.0, 0.01]),
+        singular_values=np.ones(7),
+        unidentifiable=(("x0': d",),),
         noise=1e-4,
     )
-    # b: 30 % of its value; d: not determined at all. c is within two standard
-    # errors of zero; a and e are determined to 5 % and better.
-    assert uncertainty.poorly_determined() == ("b", "d")
-    assert uncertainty.consistent_with_zero() == ("c",)
+    # b: 30 % of its value; d: not determined at all; f: within two standard errors
+    # of zero, but by more than a tenth of its equation's largest term (g). c is a
+    # small term near zero; a, e and g are determined to 5 % and better.
+    assert uncertainty.poorly_determined() == ("x0': b", "x0': d", "x1': f")
+    assert uncertainty.consistent_with_zero() == ("x0': c", "x1': f")
