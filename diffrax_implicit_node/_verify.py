@@ -126,7 +126,11 @@ class WindowErrors(eqx.Module):
         """The data's resolution: the noise level (if not given, the root-mean-square
         of the residuals), at least `DATA_RTOL`."""
         if noise is None:
-            noise = float(jnp.sqrt(jnp.mean(self.residuals**2)))
+            # Of the windows that could be integrated: a failed solve's infinite
+            # residual would make any error look resolved.
+            finite = jnp.isfinite(self.residuals)
+            squares = jnp.where(finite, self.residuals, 0.0) ** 2
+            noise = float(jnp.sqrt(jnp.sum(squares) / max(int(jnp.sum(finite)), 1)))
         return max(noise, DATA_RTOL)
 
     def refine(self, noise: float | None) -> Bool[Array, " m"]:
