@@ -29,6 +29,7 @@ def test_recovers_stiff_linear_system_with_radau5():
         solver=din.solver_from_name("radau5"),
         optimiser=optax.lbfgs(),
         epochs=300,
+        steps_per_interval=1,
         progress=False,
     )
     assert not result.stopped_early
