@@ -363,7 +363,8 @@ def plot(records: list[dict], problems: list[Problem], path):
         mine = [r for r in records if r["problem"] == problem.name and r["success"]]
         for solver in dict.fromkeys(r["solver"] for r in mine):
             runs = [r for r in mine if r["solver"] == solver]
-            style = "-" if solver.startswith("Radau") else "--"
+            # Solid for this package's solvers, dashed for Kvaerno5 and SciPy.
+            style = "-" if "Radau" in solver and "scipy" not in solver else "--"
             errors = [r["error"] for r in runs]
             column[0].loglog(
                 [r["time"] for r in runs], errors, style, marker="o", label=solver

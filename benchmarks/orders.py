@@ -35,7 +35,6 @@ jax.config.update("jax_enable_x64", True)
 import diffrax
 import diffrax_implicit_node as din
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import scipy.integrate
 from _problems import (
@@ -50,11 +49,7 @@ from _problems import (
     VAN_DER_POL,
     write_output,
 )
-from adaptive import interpolate_at_error
-
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from adaptive import interpolate_at_error, plot
 
 
 RTOLS = (1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13)
@@ -300,35 +295,6 @@ def against_radau5_table(records: list[dict], problems: list[Problem]) -> str:
         ],
         rows,
     )
-
-
-def plot(records: list[dict], problems: list[Problem], path):
-    fig, axes = plt.subplots(2, len(problems), figsize=(5.5 * len(problems), 8.4))
-    axes = np.asarray(axes).reshape(2, len(problems))
-    for column, problem in zip(axes.T, problems):
-        mine = [r for r in records if r["problem"] == problem.name and r["success"]]
-        for solver in dict.fromkeys(r["solver"] for r in mine):
-            runs = [r for r in mine if r["solver"] == solver]
-            style = "-" if "Radau" in solver and "scipy" not in solver else "--"
-            errors = [r["error"] for r in runs]
-            column[0].loglog(
-                [r["time"] for r in runs], errors, style, marker="o", label=solver
-            )
-            column[1].loglog(
-                [r["accepted"] for r in runs], errors, style, marker="o", label=solver
-            )
-        column[0].set(
-            xlabel="warm wall time (s)",
-            ylabel="relative error at t1",
-            title=problem.name,
-        )
-        column[1].set(xlabel="accepted steps", ylabel="relative error at t1")
-        for ax in column:
-            ax.grid(True, which="major", alpha=0.3)
-        column[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main():
