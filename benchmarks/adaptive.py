@@ -89,7 +89,11 @@ SCIPY_METHODS = ("Radau", "BDF")
 
 
 def make_solve(
-    problem: Problem, solver: diffrax.AbstractSolver, controller_cls, vector_field
+    problem: Problem,
+    solver: diffrax.AbstractSolver,
+    controller_cls,
+    vector_field,
+    max_steps: int = MAX_STEPS,
 ):
     def solve(rtol):
         sol = diffrax.diffeqsolve(
@@ -100,7 +104,7 @@ def make_solve(
             None,
             jnp.asarray(problem.y0),
             stepsize_controller=controller_cls(rtol=rtol, atol=rtol * problem.scale),
-            max_steps=MAX_STEPS,
+            max_steps=max_steps,
             throw=False,
         )
         return (

@@ -32,6 +32,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import adaptive
 import diffrax
 import diffrax_implicit_node as din
 import jax.numpy as jnp
@@ -83,28 +84,9 @@ _ORDER_COUNTS: collections.Counter = collections.Counter()
 
 
 def make_solve(problem: Problem, solver: diffrax.AbstractSolver):
-    def solve(rtol):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(problem.vector_field),
-            solver,
-            problem.t0,
-            problem.t1,
-            None,
-            jnp.asarray(problem.y0),
-            stepsize_controller=diffrax.PIDController(
-                rtol=rtol, atol=rtol * problem.scale
-            ),
-            max_steps=MAX_STEPS,
-            throw=False,
-        )
-        return (
-            sol.ys[-1],
-            sol.result == diffrax.RESULTS.successful,
-            sol.stats["num_accepted_steps"],
-            sol.stats["num_rejected_steps"],
-        )
-
-    return solve
+    return adaptive.make_solve(
+        problem, solver, diffrax.PIDController, problem.vector_field, MAX_STEPS
+    )
 
 
 def min_time(fn, repeats: int, budget: float = 5.0) -> float:
