@@ -54,6 +54,7 @@ class _SimplifiedNewtonState(eqx.Module):
     newton_matrix: AbstractNewtonMatrix
     scale: PyTree[Array]
     round_off: Scalar
+    iterate_round_off: Scalar
     diffsize: Scalar
     diffsize_prev: Scalar
     result: optx.RESULTS
@@ -139,18 +140,12 @@ class SimplifiedNewton(optx.AbstractRootFinder):
             scale = (self.atol + self.rtol * ω(reference).call(jnp.abs)).ω
         # Real, also for a complex `y`: sizes of increments.
         dtype = jnp.finfo(jnp.result_type(*jtu.tree_leaves(y))).dtype
-        # Increments this small are round-off in `reference`: the iteration cannot
-        # improve on them, and their ratios say nothing about convergence.
-        with jax.numpy_dtype_promotion("standard"):
-            round_off = (
-                100
-                * jnp.finfo(dtype).eps
-                * self.norm((ω(reference).call(jnp.abs) / scale**ω).ω)
-            )
+        round_off = self._round_off(reference, scale, dtype)
         return _SimplifiedNewtonState(
             newton_matrix=newton_matrix,
             scale=lax.stop_gradient(scale),
-            round_off=lax.stop_gradient(jnp.asarray(round_off, dtype=dtype)),
+            round_off=lax.stop_gradient(round_off),
+            iterate_round_off=jnp.array(0, dtype=dtype),
             diffsize=jnp.array(jnp.inf, dtype=dtype),
             diffsize_prev=jnp.array(jnp.inf, dtype=dtype),
             result=optx.RESULTS.successful,
@@ -176,6 +171,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
             newton_matrix=state.newton_matrix,
             scale=state.scale,
             round_off=state.round_off,
+            iterate_round_off=self._round_off(new_y, state.scale, state.diffsize.dtype),
             diffsize=jnp.asarray(diffsize, dtype=state.diffsize.dtype),
             diffsize_prev=state.diffsize,
             result=result,
@@ -199,7 +195,7 @@ class SimplifiedNewton(optx.AbstractRootFinder):
         # (e.g. a linear problem, or a perfect initial guess) may stop the iteration.
         have_rate = state.step >= 2
         rate = state.diffsize / state.diffsize_prev
-        exact = state.diffsize <= state.round_off
+        exact = state.diffsize <= jnp.maximum(state.round_off, state.iterate_round_off)
         converged = (
             have_rate & (rate < 1) & (rate / (1 - rate) * state.diffsize < kappa)
         )
@@ -226,6 +222,14 @@ class SimplifiedNewton(optx.AbstractRootFinder):
             exact | converged | failed | linear_solve_failed
         )
         return terminate, result
+
+    def _round_off(self, y: PyTree[Array], scale: PyTree[Array], dtype) -> Scalar:
+        # Increments this small are round-off in `y` (the reference, or the iterate,
+        # which may be far larger: the stages of a step from zero): the iteration
+        # cannot improve on them, and their ratios say nothing about convergence.
+        with jax.numpy_dtype_promotion("standard"):
+            size = self.norm((ω(y).call(jnp.abs) / scale**ω).ω)
+        return lax.stop_gradient(jnp.asarray(100 * jnp.finfo(dtype).eps * size, dtype))
 
     def _kappa(self, dtype) -> Scalar:
         if self.kappa is not None:

@@ -4,6 +4,7 @@ Lobatto IIIC of order 4 and Radau IIA of orders 9 and 13."""
 import diffrax
 import diffrax_implicit_node as din
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
@@ -286,6 +287,29 @@ def test_simplified_newton_reports_its_contraction_rate():
         expected_rate, rel=1e-2
     )
     assert int(solution.stats["num_steps"]) > 5
+
+
+def test_simplified_newton_stops_at_the_round_off_of_a_large_root():
+    # The root, 0.93, is far larger than the reference 0 that sets the tolerance
+    # (the stages of a step from y0 = 0). A residual with a round-off error that does
+    # not shrink makes the increments 1e-15 and then 2e-15: no contraction, but only
+    # round-off in the root, which must count as converged, not as divergence.
+    root = 0.93
+
+    def fn(x, args):
+        round_off = jnp.where(x >= root, 1e-15, -1e-15)
+        return x - root + lax.stop_gradient(round_off)
+
+    solution = optx.root_find(
+        fn,
+        din.SimplifiedNewton(rtol=1e-8, atol=1e-8),
+        jnp.array(root),
+        options=dict(scale_reference=jnp.array(0.0)),
+        max_steps=10,
+        throw=False,
+    )
+    assert solution.result == optx.RESULTS.successful
+    assert float(solution.value) == pytest.approx(root, abs=1e-14)
 
 
 # The embedded estimate with s stages is of order s: the estimate of one step scales
