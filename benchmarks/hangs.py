@@ -17,6 +17,10 @@ after `--timeout` seconds. Variants:
   evaluated `--loops` times.
 - `diffeqsolve`: the same through a plain `diffeqsolve` with `RadauIIA5` and
   Diffrax's default `RecursiveCheckpointAdjoint`.
+- `fit`: a whole `diffrax_implicit_node.fit` as `reproduce hires` runs it (1,980
+  windows of HIRES data, a degree-2 polynomial library, Levenberg-Marquardt), for
+  `--loops` epochs with one step per window, then its verification and standard
+  errors: every compiled program a user's fit runs, not only the training step.
 - `reproducer`: the control, plain JAX without this package
   (`benchmarks/xla_cpu_hang.py`); with an affected jaxlib on few cores it hangs.
 
@@ -34,8 +38,32 @@ import time
 
 
 HERE = pathlib.Path(__file__).resolve().parent
-VARIANTS = ("package", "diffeqsolve", "reproducer")
+VARIANTS = ("package", "diffeqsolve", "fit", "reproducer")
 NEWTON_TOL = 1e-10
+
+
+def run_fit(epochs: int) -> None:
+    """The body of one `fit` run."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+    import diffrax_implicit_node as din
+    from diffrax_implicit_node._examples import EXAMPLES
+
+    example = EXAMPLES["hires"]
+    ts, ys = example.data(example.points)
+    result = din.fit(
+        example.model(jax.random.key(0)),
+        ts,
+        ys,
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=epochs,
+        steps_per_interval=1,
+        progress=False,
+    )
+    print(f"loss {result.losses[-1]:.6e}, {len(result.uncertainty.names)} stderrs")
 
 
 def run_loops(variant: str, num_windows: int, loops: int) -> None:
@@ -144,6 +172,9 @@ def main():
     # Internal: one run of one variant, in this subprocess.
     parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run == "fit":
+        run_fit(args.loops)
+        return
     if args.run is not None:
         run_loops(args.run, args.windows, args.loops)
         return

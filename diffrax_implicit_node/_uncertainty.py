@@ -136,13 +136,15 @@ def _start_sensitivities(
         moved = eqx.tree_at(lambda w: w.y0, windows, y0)
         return residuals.predictions(trainable, moved)[0]
 
-    columns = [
-        jax.jvp(predict, (windows.y0,), (jnp.zeros_like(windows.y0).at[:, j].set(1),))[
-            1
-        ]
-        for j in range(windows.y0.shape[1])
-    ]
-    return jnp.stack(columns, axis=-1)
+    def column(direction):
+        tangent = jnp.broadcast_to(direction, windows.y0.shape)
+        return jax.jvp(predict, (windows.y0,), (tangent,))[1]
+
+    # One solve whose tangents are batched, not one solve per column: independent
+    # solves in one program run their batched LU factorisations concurrently, which
+    # deadlocks XLA:CPU (docs/further_details/xla_cpu_hang.md).
+    basis = jnp.eye(windows.y0.shape[1], dtype=windows.y0.dtype)
+    return jax.vmap(column, out_axes=-1)(basis)
 
 
 class _Exposure(NamedTuple):
