@@ -31,6 +31,7 @@ from ._solver import (
     RadauIIA13 as RadauIIA13,
     Trapezoid as Trapezoid,
 )
+from ._sparsify import SparseFit as SparseFit, sparsify as sparsify
 from ._step_size_controller import PredictiveController as PredictiveController
 from ._symbolic import (
     coefficients as coefficients,

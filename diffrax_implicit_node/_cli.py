@@ -20,7 +20,7 @@ from ._names import learned_from_name, MODEL_NAMES, OPTIMISER_NAMES, SOLVER_NAME
 from ._pinet import PiNet
 from ._polynomial import PolynomialLibrary
 from ._runs import train_by_name, TrainingRun
-from ._symbolic import coefficients, equations_table, prune, to_sympy
+from ._symbolic import coefficients, equations_table, to_sympy
 from ._uncertainty import Uncertainty
 from ._verify import Verification
 
@@ -116,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
             help="train data parallel on N devices, or 'all' visible ones; the "
             "windows are split across them (default: 1)",
         )
+        command.add_argument(
+            "--prune",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="remove the terms that the data do not show (within two standard "
+            "errors of zero), refit the rest, and keep them removed only if the "
+            "refitted equations still reproduce the data (default: on)",
+        )
         command.add_argument("--out", type=pathlib.Path, help="write JSON here")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -159,13 +167,6 @@ def _parser() -> argparse.ArgumentParser:
         "--width",
         type=_positive_int,
         help="hidden width of the PiNet (default: the number of monomials)",
-    )
-    fit_command.add_argument(
-        "--prune",
-        type=float,
-        default=0.0,
-        metavar="THRESHOLD",
-        help="drop coefficients smaller than this in magnitude (default: 0)",
     )
     add_common(fit_command, _FIT_DEFAULTS)
     return parser
@@ -273,6 +274,7 @@ def _train(
             devices=(
                 len(jax.devices()) if options.devices == "all" else options.devices
             ),
+            prune=options.prune,
         )
     except ValueError as e:
         raise _UserError(str(e)) from None
@@ -324,6 +326,25 @@ def _report_uncertainty(
     _report_determination(uncertainty)
 
 
+def _report_pruning(run: TrainingRun) -> None:
+    if run.removed:
+        names = ", ".join(run.removed) if len(run.removed) <= 12 else "see --out"
+        print(
+            f"Pruned: removed {len(run.removed)} terms that the data do not show "
+            "(within two standard errors of zero) and refitted the rest, which still "
+            f"reproduce the data ({names})."
+        )
+    if run.rejected:
+        print(
+            f"Kept {len(run.rejected)} terms that look like zero, since without them "
+            "the refitted equations missed the data: " + ", ".join(run.rejected) + "."
+        )
+
+
+def _pruning_json(run: TrainingRun) -> dict:
+    return dict(removed=list(run.removed), rejected=list(run.rejected))
+
+
 def _report_determination(uncertainty: Uncertainty) -> None:
     """Names the coefficients that the data do not pin down: a verified fit can still
     have them wrong."""
@@ -346,8 +367,8 @@ def _report_determination(uncertainty: Uncertainty) -> None:
         print(
             "NOT SHOWN TO BE NONZERO: these coefficients are within two standard "
             "errors of zero, so the data do not show that their terms are there "
-            "(spurious terms, which --prune drops if small, or terms the data cannot "
-            "resolve): " + ", ".join(zero) + "."
+            "(spurious terms, or terms the data cannot resolve; --prune removes those "
+            "that the data do without): " + ", ".join(zero) + "."
         )
 
 
@@ -412,6 +433,7 @@ def _reproduce(options: argparse.Namespace) -> bool:
         print(
             f"  largest coefficient of a monomial not in the truth: {max(spurious):.3e}"
         )
+    _report_pruning(run)
     _report_determination(result.uncertainty)
     _report_verification(result.verification, result.uncertainty)
     _write_json(
@@ -433,6 +455,7 @@ def _reproduce(options: argparse.Namespace) -> bool:
             verified=result.verification.verified,
             verification=result.verification.as_dict(),
             **_uncertainty_json(result.uncertainty),
+            **_pruning_json(run),
             equations={
                 f"x{i}": dict(
                     true=str(true),
@@ -473,9 +496,10 @@ def _fit(options: argparse.Namespace) -> bool:
     assert isinstance(result.model, NeuralVectorField)
     assert isinstance(result.model.learned, (PiNet, PolynomialLibrary))
     variables = sympy.symbols(f"x0:{size}")
-    learned = prune(to_sympy(result.model.learned, variables), options.prune)
+    learned = to_sympy(result.model.learned, variables)
     print(_summary(run, options))
     print(equations_table({"learned": learned}, variables, digits=6))
+    _report_pruning(run)
     _report_uncertainty(result.uncertainty, learned, variables)
     _report_verification(result.verification, result.uncertainty)
     _write_json(
@@ -486,6 +510,7 @@ def _fit(options: argparse.Namespace) -> bool:
                 str(v): coefficients(e, variables) for v, e in zip(variables, learned)
             },
             **_uncertainty_json(result.uncertainty),
+            **_pruning_json(run),
             verified=result.verification.verified,
             verification=result.verification.as_dict(),
             steps=result.steps.tolist(),

@@ -4,7 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 
 def monomial_exponents(size: int, degree: int) -> np.ndarray:
@@ -35,10 +35,15 @@ class PolynomialLibrary(eqx.Module):
     the monomials themselves (which `fit`'s fast Jacobian exploits). It has
     $n \binom{n + d}{d}$ parameters: 360 for 8 states and degree 2.
 
-    [`diffrax_implicit_node.to_sympy`][] writes it out as polynomials.
+    [`diffrax_implicit_node.to_sympy`][] writes it out as polynomials. Terms can be
+    removed (`without_terms`): their coefficients are then zero and stay zero in
+    training, as [`diffrax_implicit_node.sparsify`][] uses.
     """
 
     coefficients: Float[Array, "size monomials"]
+    # Which terms the equations have; a removed term's coefficient is held at zero.
+    # (Boolean: not trained by `fit`'s default filter.)
+    support: Bool[Array, "size monomials"]
     size: int = eqx.field(static=True)
     degree: int = eqx.field(static=True)
     # factors[k] lists the variables whose product is monomial k, padded with `size`,
@@ -65,6 +70,7 @@ class PolynomialLibrary(eqx.Module):
             for row in exponents
         )
         self.coefficients = jnp.zeros((size, len(exponents)), dtype=dtype)
+        self.support = jnp.ones((size, len(exponents)), dtype=bool)
         self.size = size
         self.degree = degree
 
@@ -73,6 +79,24 @@ class PolynomialLibrary(eqx.Module):
         """The exponents of the monomials, shape `(monomials, size)`: column `k` of
         `coefficients` multiplies $\\prod_j y_j^{e_{kj}}$."""
         return monomial_exponents(self.size, self.degree)
+
+    def without_terms(
+        self, terms: Bool[ArrayLike, "size monomials"]
+    ) -> "PolynomialLibrary":
+        """The library with the terms marked in `terms` (shaped like `coefficients`)
+        removed: their coefficients set to zero, where training keeps them."""
+        terms = np.asarray(terms)
+        if terms.shape != self.coefficients.shape or terms.dtype != bool:
+            raise ValueError(
+                f"`terms` must be a boolean mask of shape {self.coefficients.shape}, "
+                f"got {terms.dtype} of shape {terms.shape}."
+            )
+        support = self.support & jnp.asarray(~terms)
+        return eqx.tree_at(
+            lambda library: (library.coefficients, library.support),
+            self,
+            (jnp.where(support, self.coefficients, 0), support),
+        )
 
     def features(self, y: Float[ArrayLike, " size"]) -> Float[Array, " monomials"]:
         """The monomials $\\phi(y)$, in the order of `coefficients`' columns."""
@@ -95,6 +119,7 @@ class PolynomialLibrary(eqx.Module):
         $C\\,\\phi(y)$, an array of shape `(size,)`.
         """
         features = self.features(y)
+        coefficients = jnp.where(self.support, self.coefficients, 0)
         # Inputs of another floating dtype promote with the coefficients, as in PiNet.
         with jax.numpy_dtype_promotion("standard"):
-            return self.coefficients @ features
+            return coefficients @ features

@@ -10,14 +10,19 @@ from jaxtyping import Float
 
 from ._model import NeuralVectorField
 from ._names import optimiser_from_name, solver_from_name
+from ._sparsify import sparsify
 from ._train import fit, FitResult
 
 
 class TrainingRun(NamedTuple):
-    """A finished run: `fit`'s result and its wall-clock time in seconds."""
+    """A finished run: `fit`'s result (of the sparsified equations, if pruned), its
+    wall-clock time in seconds, and the coefficients that pruning removed and those it
+    tried to remove but kept (see [`diffrax_implicit_node.SparseFit`][])."""
 
     result: FitResult
     seconds: float
+    removed: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
 
     @property
     def final_loss(self) -> float:
@@ -49,15 +54,16 @@ def train_by_name(
     steps: int | Literal["auto"],
     progress: bool,
     devices: int = 1,
+    prune: bool = False,
 ) -> TrainingRun:
     """Trains with the solver and optimiser of these names (see
     [`diffrax_implicit_node.solver_from_name`][] and
-    [`diffrax_implicit_node.optimiser_from_name`][]). The warnings of `fit` are
-    left to the caller to report, from the result."""
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = fit(
+    [`diffrax_implicit_node.optimiser_from_name`][]) and, with `prune`, removes the
+    terms the data do not show ([`diffrax_implicit_node.sparsify`][]). The warnings
+    of `fit` are left to the caller to report, from the result."""
+
+    def train(model: NeuralVectorField) -> FitResult:
+        return fit(
             model,
             ts,
             ys,
@@ -68,4 +74,14 @@ def train_by_name(
             progress=progress,
             devices=devices,
         )
-    return TrainingRun(result, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = train(model)
+        if not prune:
+            return TrainingRun(result, time.perf_counter() - start)
+        sparse = sparsify(result, train)
+    return TrainingRun(
+        sparse.result, time.perf_counter() - start, sparse.removed, sparse.rejected
+    )

@@ -63,14 +63,18 @@ def generic_parameter_jacobian(
 def library_parameter_jacobian(library: PolynomialLibrary) -> ParameterJacobian:
     """`∂f/∂C` of a [`diffrax_implicit_node.PolynomialLibrary`][] that is the whole
     trainable vector field: equation `i` depends on row `i` of `C` alone, through the
-    monomials, so `∂fᵢ/∂C_lk = δᵢₗ φₖ(y)` (with `C` flattened row by row)."""
+    monomials, so `∂fᵢ/∂C_lk = δᵢₗ φₖ(y)` (with `C` flattened row by row), and zero
+    for a removed term."""
 
     def jacobian(t, y):
         del t
         features = library.features(y)
         size = library.size
         identity = jnp.eye(size, dtype=features.dtype)
-        return (identity[:, :, None] * features[None, None, :]).reshape(size, -1)
+        support = library.support.astype(features.dtype)
+        return (identity[:, :, None] * (support * features[None, :])[None]).reshape(
+            size, -1
+        )
 
     return jacobian
 

@@ -1,6 +1,7 @@
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast, Literal
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import sympy
@@ -40,7 +41,9 @@ def _library_polynomials(
         sympy.Poly.from_dict(
             dict(zip(exponents, map(float, row))), *variables, domain=sympy.RR
         ).as_expr()
-        for row in np.asarray(model.coefficients, dtype=np.float64)
+        for row in np.where(
+            np.asarray(model.support), np.asarray(model.coefficients, np.float64), 0.0
+        )
     ]
 
 
@@ -328,3 +331,31 @@ def to_jax(
         return jnp.stack(jnp.broadcast_arrays(*(jnp.asarray(v) for v in values)))
 
     return evaluate
+
+
+def _monomial_names(library: PolynomialLibrary) -> list[str]:
+    """Each monomial of `library`, as SymPy prints it, in the order of its columns."""
+    variables = _default_variables(library.size)
+    return [
+        str(sympy.Mul(*(v ** int(k) for v, k in zip(variables, row))))
+        for row in library.exponents
+    ]
+
+
+def coefficient_names(library: PolynomialLibrary) -> list[str]:
+    """The name of every coefficient of `library`, row by row: `"x0': x1**2"` is the
+    coefficient of `x1**2` in the equation of `x0`."""
+    monomials = _monomial_names(library)
+    return [f"x{i}': {m}" for i in range(library.size) for m in monomials]
+
+
+def as_polynomial_library(learned: PiNet | PolynomialLibrary) -> PolynomialLibrary:
+    """A PiNet as the polynomial library it equals (a library as it is)."""
+    if isinstance(learned, PolynomialLibrary):
+        return learned
+    library = PolynomialLibrary(learned.in_size, learned.degree)
+    variables = _default_variables(learned.in_size)
+    monomials = _monomial_names(library)
+    by_equation = [coefficients(e, variables) for e in to_sympy(learned, variables)]
+    matrix = [[row.get(m, 0.0) for m in monomials] for row in by_equation]
+    return eqx.tree_at(lambda m: m.coefficients, library, jnp.asarray(matrix))

@@ -9,13 +9,12 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-import sympy
 from jaxtyping import Array, Float, PyTree
 
 from ._model import NeuralVectorField
 from ._pinet import PiNet
 from ._polynomial import PolynomialLibrary
-from ._symbolic import coefficients, to_sympy
+from ._symbolic import as_polynomial_library, coefficient_names
 from ._windows import Residuals
 
 
@@ -100,31 +99,6 @@ class Uncertainty(eqx.Module):
         )
 
 
-def _as_library(learned: PiNet | PolynomialLibrary) -> PolynomialLibrary:
-    """A PiNet as the polynomial library it equals (a library as it is)."""
-    if isinstance(learned, PolynomialLibrary):
-        return learned
-    library = PolynomialLibrary(learned.in_size, learned.degree)
-    variables = sympy.symbols(f"x0:{learned.in_size}")
-    monomials = _monomial_names(library, variables)
-    learned_coefficients = [
-        coefficients(e, variables) for e in to_sympy(learned, variables)
-    ]
-    matrix = np.array(
-        [[c.get(m, 0.0) for m in monomials] for c in learned_coefficients]
-    )
-    return eqx.tree_at(lambda m: m.coefficients, library, jnp.asarray(matrix))
-
-
-def _monomial_names(
-    library: PolynomialLibrary, variables: tuple[sympy.Symbol, ...]
-) -> list[str]:
-    return [
-        str(sympy.Mul(*(v ** int(k) for v, k in zip(variables, e))))
-        for e in library.exponents
-    ]
-
-
 @eqx.filter_jit
 def _start_sensitivities(
     residuals: Residuals, trainable: PyTree
@@ -207,7 +181,7 @@ def uncertainty(
     if isinstance(model, NeuralVectorField) and isinstance(
         model.learned, PiNet | PolynomialLibrary
     ):
-        library = _as_library(model.learned)
+        library = as_polynomial_library(model.learned)
         field = eqx.tree_at(lambda f: f.learned, model, library)
         trainable, frozen = eqx.partition(
             field,
@@ -218,14 +192,17 @@ def uncertainty(
             ),
         )
         residuals = eqx.tree_at(lambda r: r.frozen, residuals, frozen)
-        monomials = _monomial_names(library, sympy.symbols(f"x0:{library.size}"))
-        names = tuple(f"x{i}': {m}" for i in range(library.size) for m in monomials)
+        # The terms removed from the library are no longer quantities of the model.
+        kept = np.asarray(library.support).ravel()
+        names = tuple(np.asarray(coefficient_names(library))[kept])
     else:
-        names = None
+        kept = None
     flat, _ = jax.flatten_util.ravel_pytree(trainable)
-    if names is None:
-        names = tuple(f"p[{i}]" for i in range(flat.size))
     values, jacobian = map(np.asarray, _residuals_and_jacobian(residuals, trainable))
+    if kept is None:
+        names = tuple(f"p[{i}]" for i in range(flat.size))
+    else:
+        flat, jacobian = flat[kept], jacobian[:, kept]
     if not np.all(np.isfinite(values)):
         # A solve failed: there is no linearisation to speak of.
         nan = np.full(len(names), np.nan)

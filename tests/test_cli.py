@@ -29,13 +29,17 @@ def test_fit_csv_with_trajectories(tmp_path, capsys):
     data = write_csv(tmp_path / "data.csv", ["trajectory", "t", "x0"], decay_rows())
     out = tmp_path / "out.json"
     status = main(
-        ["fit", str(data), "--degree", "1", "--epochs", "60", "--quiet"]
-        + ["--out", str(out), "--prune", "1e-6"]
+        ["fit", str(data), "--degree", "2", "--epochs", "60", "--quiet"]
+        + ["--out", str(out)]
     )
     assert status == 0
     printed = capsys.readouterr().out
     assert "x0' |" in printed and "Verified: the learned equations reproduce" in printed
+    # The x0**2 term of the degree-2 model is not in the data: pruned, and the
+    # refitted equations verified.
+    assert "Pruned: removed 1 terms" in printed
     result = json.loads(out.read_text())
+    assert result["removed"] == ["x0': x0**2"] and result["rejected"] == []
     learned = result["equations"]
     assert learned.keys() == {"x0"} and learned["x0"].keys() == {"x0", "1"}
     assert learned["x0"]["x0"] == pytest.approx(-2.0, rel=1e-3)

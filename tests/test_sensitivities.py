@@ -97,16 +97,27 @@ def test_fast_jacobian_equals_jacfwd_through_the_solver(field, solver):
 
 def test_library_parameter_jacobian_is_the_forward_mode_one():
     library = nonlinear2d_library()
-    field = din.NeuralVectorField(library)
     y = jnp.array([0.7, -1.3])
-    flat, unflatten = ravel_pytree(library)
-    expected = jax.jacfwd(
-        lambda p: din.NeuralVectorField(unflatten(p))(jnp.array(0.0), y, None)
-    )(flat)
-    structured = din_sensitivities.library_parameter_jacobian(field.learned)(
-        jnp.array(0.0), y
-    )
-    np.testing.assert_array_equal(structured, expected)
+    flat, unflatten = ravel_pytree(library.coefficients)
+
+    def vector_field(library):
+        def f(flat):
+            coefficients = unflatten(flat)
+            field = din.NeuralVectorField(
+                eqx.tree_at(lambda m: m.coefficients, library, coefficients)
+            )
+            return field(jnp.array(0.0), y, None)
+
+        return f
+
+    for library in (library, library.without_terms(np.eye(2, 6, dtype=bool))):
+        expected = jax.jacfwd(vector_field(library))(flat)
+        structured = din_sensitivities.library_parameter_jacobian(library)(
+            jnp.array(0.0), y
+        )
+        np.testing.assert_array_equal(structured, expected)
+    # The removed terms: x0' 1 and x1' x0.
+    assert np.all(np.asarray(structured)[:, [0, 7]] == 0)
 
 
 def test_windows_with_their_own_numbers_of_steps():

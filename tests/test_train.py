@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import pytest
+import sympy
 from helpers import without_runtime_type_checks
 
 
@@ -483,3 +484,67 @@ def test_poorly_determined_and_consistent_with_zero():
     # small term near zero; a, e and g are determined to 5 % and better.
     assert uncertainty.poorly_determined() == ("x0': b", "x0': d", "x1': f")
     assert uncertainty.consistent_with_zero() == ("x0': c", "x1': f")
+
+
+def two_species_data():
+    # x0' = -2 x0 + x1, x1' = -x1, from three starts: 3 of the 12 coefficients of a
+    # degree-2 library.
+    ts = np.linspace(0.0, 2.0, 21)
+    trajectories = []
+    for a, b in [(1.0, 1.0), (0.0, 2.0), (2.0, 0.5)]:
+        x1 = b * np.exp(-ts)
+        x0 = (a - b) * np.exp(-2 * ts) + b * np.exp(-ts)
+        trajectories.append(np.stack([x0, x1], axis=-1))
+    return ts, np.stack(trajectories)
+
+
+@pytest.mark.slow
+def test_sparsify_removes_exactly_the_absent_terms():
+    ts, ys = two_species_data()
+
+    def train(model):
+        return din.fit(
+            model,
+            ts,
+            ys,
+            solver=din.solver_from_name("radau5"),
+            optimiser=din.optimiser_from_name("levenberg-marquardt"),
+            epochs=100,
+            steps_per_interval=4,
+            progress=False,
+        )
+
+    full = train(din.NeuralVectorField(din.PolynomialLibrary(2, 2)))
+    assert full.verification.verified
+    true_terms = {"x0': x0": -2.0, "x0': x1": 1.0, "x1': x1": -1.0}
+    sparse = din.sparsify(full, train)
+    assert set(sparse.removed) == set(full.uncertainty.names) - set(true_terms)
+    assert sparse.rejected == ()
+    assert sparse.result.verification.verified
+    assert sparse.result.uncertainty.names == tuple(sorted(true_terms))
+    for name, value in zip(
+        sparse.result.uncertainty.names, sparse.result.uncertainty.values
+    ):
+        assert value == pytest.approx(true_terms[name], rel=1e-4)
+    library = sparse.result.model.learned
+    coefficients = np.asarray(library.coefficients)
+    assert np.count_nonzero(coefficients) == 3
+    assert len(din.coefficients(din.to_sympy(library)[0], sympy.symbols("x0:2"))) == 2
+
+    # A refit that never reproduces the data: every removal is undone, halving the
+    # candidates, within `max_refits` refits.
+    unverified = dataclasses.replace(full.verification, verified=False)
+    refits = []
+
+    def failing_refit(model):
+        refits.append(model)
+        return eqx.tree_at(lambda r: r.verification, full, unverified)
+
+    kept = din.sparsify(full, failing_refit, max_refits=3)
+    assert kept.result is full and kept.removed == ()
+    assert len(refits) == 3
+    assert set(kept.rejected) == set(full.uncertainty.consistent_with_zero())
+    # An unverified fit is returned as it is, without a refit.
+    unverified_fit = eqx.tree_at(lambda r: r.verification, full, unverified)
+    assert din.sparsify(unverified_fit, failing_refit).result is unverified_fit
+    assert len(refits) == 3
