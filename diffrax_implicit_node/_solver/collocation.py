@@ -1018,41 +1018,73 @@ class AbstractCollocationSolver(
         evaluates both branches; so the batch shares each decision, and takes a fresh
         Jacobian (or factorisation) where any of its elements needs one.
         """
-        fresh_hjac = equations.fresh_hjac
         keep = (
             state.jacobian_current
             & (state.jacobian_dt != 0)
             & jnp.invert(jnp.asarray(made_jump))
         )
-        refresh = eqxi.unvmap_any(jnp.invert(keep))
         # Up to the round-off of `t1 - t0` in the step-size controller.
         same_dt = jnp.abs(dt - state.jacobian_dt) <= 1e-10 * jnp.abs(dt)
-        refactorise = eqxi.unvmap_any(jnp.invert(keep & same_dt))
+        # (Nothing in the loop is differentiated: a while loop cannot be.)
+        dt = lax.stop_gradient(dt)
         safe_jacobian_dt = jnp.where(state.jacobian_dt != 0, state.jacobian_dt, 1)
 
-        def factorise():
+        class Attempt(NamedTuple):
+            pending: Bool[Array, ""]  # Whether to (re)solve.
+            refresh: Bool[Array, ""]
+            refactorise: Bool[Array, ""]
+            hjac: Array
+            newton_matrix: _CollocationNewtonMatrix
+            solution: optx.Solution
+
+        def factorise(attempt: Attempt) -> tuple[Array, _CollocationNewtonMatrix]:
             # Rescaling is exact for `ODETerm`, whose h f is linear in h.
             hjac = lax.cond(
-                refresh,
-                fresh_hjac,
-                lambda: state.hjac * (dt / safe_jacobian_dt).astype(state.hjac.dtype),
+                attempt.refresh,
+                equations.fresh_hjac,
+                lambda: (
+                    attempt.hjac * (dt / safe_jacobian_dt).astype(attempt.hjac.dtype)
+                ),
             )
             return hjac, _CollocationNewtonMatrix(self.tableau, hjac)
 
-        hjac, newton_matrix = lax.cond(
-            refactorise, factorise, lambda: (state.hjac, state.newton_matrix)
-        )
-        solution = equations.solve(newton_matrix, starting_stages)
-        retry = eqxi.unvmap_any(
-            (solution.result != optx.RESULTS.successful) & jnp.invert(refresh)
-        )
+        def solve(attempt: Attempt) -> Attempt:
+            hjac, newton_matrix = lax.cond(
+                attempt.refactorise,
+                factorise,
+                lambda attempt: (attempt.hjac, attempt.newton_matrix),
+                attempt,
+            )
+            solution = equations.solve(newton_matrix, starting_stages)
+            # Should Newton's method fail with a kept Jacobian, try once more with a
+            # fresh one (after which `refresh` is set, and the loop ends).
+            retry = eqxi.unvmap_any(
+                (solution.result != optx.RESULTS.successful)
+                & jnp.invert(attempt.refresh)
+            )
+            return Attempt(retry, retry, retry, hjac, newton_matrix, solution)
 
-        def retried():
-            hjac = fresh_hjac()
-            newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
-            return hjac, newton_matrix, equations.solve(newton_matrix, starting_stages)
-
-        return lax.cond(retry, retried, lambda: (hjac, newton_matrix, solution))
+        # A loop, so that the Newton iteration is compiled once for both attempts.
+        no_solution = jax.tree.map(
+            lambda leaf: (
+                jnp.zeros(leaf.shape, leaf.dtype)
+                if isinstance(leaf, jax.ShapeDtypeStruct)
+                else leaf
+            ),
+            eqx.filter_eval_shape(
+                equations.solve, state.newton_matrix, starting_stages
+            ),
+        )
+        first = Attempt(
+            pending=jnp.array(True),
+            refresh=eqxi.unvmap_any(jnp.invert(keep)),
+            refactorise=eqxi.unvmap_any(jnp.invert(keep & same_dt)),
+            hjac=state.hjac,
+            newton_matrix=state.newton_matrix,
+            solution=no_solution,
+        )
+        last = lax.while_loop(lambda attempt: attempt.pending, solve, first)
+        return last.hjac, last.newton_matrix, last.solution
 
     def _starting_stages(
         self,
