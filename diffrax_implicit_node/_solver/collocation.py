@@ -629,8 +629,6 @@ class _CollocationState(eqx.Module):
     # Whether Newton's method converged so fast with `hjac` that the next step may
     # keep it instead of evaluating a new Jacobian.
     jacobian_current: Bool[Array, ""]
-    # The stages of the first step, solved by `init` (zeros where it did not).
-    first_stages: Inexact[Array, "m n"]
 
 
 class _StageEquations(NamedTuple):
@@ -667,11 +665,10 @@ class AbstractCollocationSolver(
     from the implicit function theorem at the converged stages (Optimistix's
     `ImplicitAdjoint`), never from differentiating through the iterations. Dense output
     is the collocation polynomial of each step. Later steps start Newton from the
-    previous step's collocation polynomial. With Jacobian reuse, `init` already
-    evaluates the first step's Jacobian, factorises its Newton matrix and solves its
-    stages, which the first step then reuses (so that a checkpointed adjoint, which
-    recomputes the steps but not `init`, recomputes little); otherwise the first step
-    starts from `Z = 0`.
+    previous step's collocation polynomial; the first from `Z = 0`. With Jacobian
+    reuse, `init` already evaluates the first step's Jacobian and factorises its
+    Newton matrix, which the first step then reuses (so that a checkpointed adjoint,
+    which recomputes the steps but not `init`, does not recompute them).
 
     The state may be complex, for a vector field that is holomorphic in it (the
     Newton matrices use its complex Jacobian, as Diffrax's implicit solvers do); the
@@ -738,7 +735,6 @@ class AbstractCollocationSolver(
             "`y0` contains non-finite values (NaN or infinity).",
         )
         size = y0_flat.shape[0]
-        implicit_stages = len(self.tableau.c_implicit)
         state = _CollocationState(
             previous_dt=dt,
             dense_coeffs=jnp.zeros((stages, size), dtype=y0_flat.dtype),
@@ -746,7 +742,6 @@ class AbstractCollocationSolver(
             hjac=jnp.zeros((size, size), dtype=y0_flat.dtype),
             newton_matrix=self._placeholder_newton_matrix(size, y0_flat.dtype),
             jacobian_current=jnp.array(False),
-            first_stages=jnp.zeros((implicit_stages, size), dtype=y0_flat.dtype),
         )
         return state
 
@@ -760,35 +755,23 @@ class AbstractCollocationSolver(
         state: _CollocationState,
     ) -> _CollocationState:
         y0_flat, unravel = ravel_pytree(y0)
-        # Prepare the first step: its Jacobian, Newton matrix and stages. Outside
-        # `diffeqsolve`'s loop, and without tangents, this work is not repeated by a
-        # checkpointed adjoint's recomputation of the step, which then starts from
-        # the solution: for a single step per solve (training on short windows) the
-        # recomputation becomes one Newton iteration.
+        # Prepare the first step's Jacobian and Newton matrix. Outside `diffeqsolve`'s
+        # loop, and without tangents, this work is not repeated by a checkpointed
+        # adjoint's recomputation of the step (for a single step per solve, training on
+        # short windows, most of the step). Not its Newton iteration: a second copy of
+        # it would make the solver's compile time half as long again.
         with jax.numpy_dtype_promotion("standard"):
             first_dt = jnp.asarray(t1 - t0, dtype=state.previous_dt.dtype)
         equations = self._stage_equations(terms, t0, t1, y0_flat, unravel, args)
         hjac = equations.fresh_hjac()
-        newton_matrix = _CollocationNewtonMatrix(self.tableau, hjac)
-        solution = equations.solve(newton_matrix, state.first_stages)
-        solved = (solution.result == optx.RESULTS.successful) & jnp.all(
-            jnp.isfinite(solution.value)
-        )
         return eqx.tree_at(
-            lambda s: (
-                s.jacobian_dt,
-                s.hjac,
-                s.newton_matrix,
-                s.jacobian_current,
-                s.first_stages,
-            ),
+            lambda s: (s.jacobian_dt, s.hjac, s.newton_matrix, s.jacobian_current),
             state,
             (
                 first_dt,
                 hjac,
-                newton_matrix,
+                _CollocationNewtonMatrix(self.tableau, hjac),
                 jnp.array(True),
-                jnp.where(solved, solution.value, 0),
             ),
         )
 
@@ -920,7 +903,6 @@ class AbstractCollocationSolver(
             hjac=hjac,
             newton_matrix=newton_matrix,
             jacobian_current=jacobian_current,
-            first_stages=solver_state.first_stages,
         )
         return unravel(y1_flat), unravel(error), dense_info, new_state, result, solution
 
@@ -1094,8 +1076,8 @@ class AbstractCollocationSolver(
         made_jump: Bool[ArrayLike, ""],
     ) -> Inexact[Array, "m n"]:
         """Extrapolates the previous step's collocation polynomial to this step's
-        stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`. The first step starts from
-        the stages that `init` solved, if it is the step they were solved for."""
+        stages: `Zᵢ ≈ u_prev(t0 + cᵢ h) - u_prev(t0)`; zero for the first step and
+        after a jump."""
         previous_dt = solver_state.previous_dt
         previous_coeffs = solver_state.dense_coeffs
         not_jump = jnp.invert(jnp.asarray(made_jump))
@@ -1107,15 +1089,8 @@ class AbstractCollocationSolver(
         degree = previous_coeffs.shape[0]
         basis = jnp.stack([theta**power - 1 for power in range(1, degree + 1)], axis=1)
         guess = basis.astype(previous_coeffs.dtype) @ previous_coeffs
-        jacobian_dt = solver_state.jacobian_dt
-        prepared = (
-            (previous_dt == 0)
-            & not_jump
-            & (jnp.abs(dt - jacobian_dt) <= 1e-10 * jnp.abs(dt))
-        )
-        first = jnp.where(prepared, solver_state.first_stages, 0)
         # (`t1 - t0` may carry tangents: a guess needs none.)
-        return lax.stop_gradient(jnp.where(usable & jnp.isfinite(guess), guess, first))
+        return lax.stop_gradient(jnp.where(usable & jnp.isfinite(guess), guess, 0))
 
     def func(
         self,
