@@ -53,6 +53,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _steps(text: str) -> int | Literal["auto"]:
     return "auto" if text == "auto" else _positive_int(text)
 
@@ -115,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar="N",
             help="train data parallel on N devices, or 'all' visible ones; the "
             "windows are split across them (default: 1)",
+        )
+        command.add_argument(
+            "--noise",
+            type=_positive_float,
+            metavar="SIGMA",
+            help="the standard deviation of the observations' noise, relative to "
+            "each component's largest magnitude, if known (default: estimated "
+            "from the residuals)",
         )
         command.add_argument(
             "--prune",
@@ -275,6 +293,7 @@ def _train(
                 len(jax.devices()) if options.devices == "all" else options.devices
             ),
             prune=options.prune,
+            noise=options.noise,
         )
     except ValueError as e:
         raise _UserError(str(e)) from None

@@ -55,11 +55,13 @@ def train_by_name(
     progress: bool,
     devices: int = 1,
     prune: bool = False,
+    noise: float | None = None,
 ) -> TrainingRun:
     """Trains with the solver and optimiser of these names (see
     [`diffrax_implicit_node.solver_from_name`][] and
     [`diffrax_implicit_node.optimiser_from_name`][]) and, with `prune`, removes the
-    terms the data do not show ([`diffrax_implicit_node.sparsify`][]). The warnings
+    terms the data do not show ([`diffrax_implicit_node.sparsify`][]); `noise` is
+    `fit`'s. The warnings
     of `fit` are left to the caller to report, from the result."""
 
     def train(model: NeuralVectorField) -> FitResult:
@@ -73,6 +75,7 @@ def train_by_name(
             steps_per_interval=steps,
             progress=progress,
             devices=devices,
+            noise=noise,
         )
 
     start = time.perf_counter()

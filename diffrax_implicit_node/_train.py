@@ -163,8 +163,10 @@ def fit(
     recomputed with twice the steps (the discretisation bias). If the model misses
     the data by more than twice the data's *resolution* (the `noise` given, or the
     root mean square of the residuals, at least $10^{-4}$, all relative to each
-    component's largest magnitude) or the bias exceeds a tenth of it, `fit` warns
-    (`UnverifiedFitWarning`) and `result.verification.verified` is `False`. Then the
+    component's largest magnitude) or the bias exceeds a tenth of it, or if, with no
+    `noise` given, the residuals exceed 5 % (then the model does not fit the data),
+    `fit` warns (`UnverifiedFitWarning`) and `result.verification.verified` is
+    `False`. Then the
     standard error of every learned coefficient and the practically unidentifiable
     directions are computed (`result.uncertainty`).
 

@@ -21,6 +21,9 @@ DATA_RTOL = 1e-4
 # The solver's own error must stay this far below the data's resolution: the
 # residuals then measure the equations, not their discretisation.
 DISCRETISATION_FRACTION = 0.1
+# A fit whose residuals, with no noise level given, exceed this fraction of the data's
+# magnitude does not fit the data: its residuals are not a noise level to verify at.
+MAX_ESTIMATED_NOISE = 0.05
 # The learned model is integrated this accurately when checking it, far below
 # `DATA_RTOL`, so that what is measured is the model's error, not the check's.
 _CHECK_TOL = 1e-10
@@ -36,7 +39,9 @@ class Verification(eqx.Module):
 
     - `verified`: Whether the model reproduces the data: its trajectories were
         integrated, `trajectory_error <= 2 resolution` and
-        `discretisation_bias <= resolution / 10`.
+        `discretisation_bias <= resolution / 10`; and, where the resolution was
+        estimated from the residuals (no `noise` given), it is at most 5 %: larger
+        residuals mean that the model does not fit, not that the data are coarse.
     - `trajectory_error`: The error of the learned model integrated (adaptive
         `RadauIIA5`, tolerance 1e-10) from each trajectory's first observation over
         its whole span, against the observations. `inf` if a solve failed.
@@ -202,6 +207,12 @@ def verify(
             f"integrated from each trajectory's first observation, the learned "
             f"equations miss the data by {trajectory_error:.1e} (root mean square, "
             f"relative), more than twice the data's resolution {resolution:.1e}"
+        )
+    if noise is None and resolution > MAX_ESTIMATED_NOISE:
+        problems.append(
+            f"the training residuals are {resolution:.1e} of the data's magnitude "
+            "(root mean square, relative): the model does not fit the data (train "
+            "longer; or, if the data really are this noisy, give their noise level)"
         )
     if not bias <= DISCRETISATION_FRACTION * resolution:
         problems.append(

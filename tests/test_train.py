@@ -548,3 +548,28 @@ def test_sparsify_removes_exactly_the_absent_terms():
     unverified_fit = eqx.tree_at(lambda r: r.verification, full, unverified)
     assert din.sparsify(unverified_fit, failing_refit).result is unverified_fit
     assert len(refits) == 3
+
+
+def test_large_residuals_are_not_a_resolution_to_verify_at():
+    # Noise of 0.5 around 1, and the model x' = 0: the residuals (about 0.28 of the
+    # data's magnitude, relative) would make a trajectory error of 0.2 look
+    # resolved. Without a noise level given, the fit is not verified; with the true
+    # one, it is.
+    ts = np.linspace(0.0, 1.0, 11)
+    ys = 1 + 0.5 * np.asarray(jr.normal(jr.key(3), (11, 1)))
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau5"),
+        optimiser=optax.adam(1e-3),
+        epochs=0,
+        steps_per_interval=1,
+        progress=False,
+    )
+    model = din.NeuralVectorField(din.PolynomialLibrary(1, 1))
+    with pytest.warns(din.UnverifiedFitWarning, match="does not fit the data"):
+        estimated = din.fit(model, ts, ys, **options)
+    verification = estimated.verification
+    assert not verification.verified
+    assert verification.trajectory_error <= 2 * verification.resolution
+    scale = float(np.max(np.abs(ys)))
+    given = din.fit(model, ts, ys, noise=0.5 / scale, **options)
+    assert given.verification.verified, given.verification.message
