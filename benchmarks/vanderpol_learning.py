@@ -2,7 +2,7 @@
 Levenberg-Marquardt with automatic steps per gap and scaled residuals, on a ladder of
 data designs, cheapest first.
 
-    python benchmarks/vanderpol_learning.py [--quick]
+    python benchmarks/vanderpol_learning.py [--quick]    # ~20 min on 2 cores
 
 Model: a PolynomialLibrary of degree 3 (10 monomials per equation, starting at zero);
 solver RadauIIA5 (SimplifiedNewton, rtol = atol = 1e-8, at most 50 iterations);
@@ -22,6 +22,12 @@ Designs:
 
 Each design is trained in a subprocess under a wall-clock limit, so that one that
 does not finish (or hangs) still leaves a row.
+
+    python benchmarks/vanderpol_learning.py --feasibility [--quick]
+
+counts instead the windows of three designs whose solve fails for the true equations
+(and for the mu terms scaled by 0.9, 0.5, 2) with 1 to 256 steps per gap: one failed
+window makes the training loss infinite.
 """
 
 import argparse
@@ -37,10 +43,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import diffrax_implicit_node as din
+import equinox as eqx
 import numpy as np
 import optimistix as optx
 from _problems import machine_description, markdown_table, write_output
 from diffrax_implicit_node._verify import reference_solve
+from diffrax_implicit_node._windows import solve_windows
 
 
 VANDERPOL = din.EXAMPLES["vanderpol"]
@@ -181,8 +189,71 @@ def train(design: Design, epochs: int, progress: bool = False) -> dict:
         "trajectory_error": result.verification.trajectory_error,
         "first_jump": first_jump(result.model),
         "stopped": result.message
-        or ("converged" if len(result.losses) < epochs else ""),
+        or ("converged" if len(result.losses) < epochs else "epoch limit"),
     }
+
+
+def true_model(design: Design, mu_factor: float) -> din.NeuralVectorField:
+    """The true equations as a PolynomialLibrary, with both mu terms scaled."""
+    model = design.example.model(jax.random.key(0), "polynomial")
+    exponents = [tuple(e) for e in model.learned.exponents]
+    coefficients = np.zeros(model.learned.coefficients.shape)
+    coefficients[0, exponents.index((0, 1))] = 1.0
+    coefficients[1, exponents.index((0, 1))] = 1000.0 * mu_factor
+    coefficients[1, exponents.index((2, 1))] = -1000.0 * mu_factor
+    coefficients[1, exponents.index((1, 0))] = -1.0
+    return eqx.tree_at(
+        lambda m: m.learned.coefficients, model, jax.numpy.asarray(coefficients)
+    )
+
+
+def feasibility(quick: bool) -> None:
+    """How many windows of the training discretisation fail (Newton does not
+    converge) for the true equations, and for mu scaled, by steps per gap: a window
+    that fails makes the whole loss infinite."""
+    step_counts = [1, 16, 256] if quick else [1, 4, 16, 64, 256]
+    by_name = {d.name: d for d in designs(quick)}
+    rows = []
+    for name in ("page", "jumps-sampled", "kicked"):
+        design = by_name[name]
+        ts, ys = design.example.data(design.times)
+        t0 = np.tile(ts[:-1], len(ys))
+        t1 = np.tile(ts[1:], len(ys))
+        y0 = ys[:, :-1].reshape(-1, 2)
+        for mu_factor in (1.0, 0.9, 0.5, 2.0):
+            row = [name, len(t0), f"{mu_factor:g} mu"]
+            for steps in step_counts:
+                _, succeeded = solve_windows(
+                    true_model(design, mu_factor),
+                    jax.numpy.asarray(t0),
+                    jax.numpy.asarray(t1),
+                    jax.numpy.asarray(y0),
+                    jax.numpy.full(t0.shape, steps),
+                    solver=din.solver_from_name("radau5"),
+                    max_steps=steps,
+                    args=None,
+                )
+                failed = np.flatnonzero(~np.asarray(succeeded))
+                where = ", ".join(f"{t:.0f}" for t in t0[failed][:3])
+                row.append(f"{len(failed)} ({where})" if len(failed) else "0")
+            print(" | ".join(str(x) for x in row), flush=True)
+            rows.append(row)
+    headers = ["design", "gaps", "equations"]
+    headers += [f"{steps} steps per gap" for steps in step_counts]
+    text = "\n".join(
+        [
+            "Windows whose RadauIIA5 solve fails (Newton does not converge in 50 "
+            "iterations) for the true equations and for both mu terms scaled, by "
+            "steps per gap; in brackets the start of the first (up to) three. One "
+            "failed window makes the training loss infinite.",
+            "",
+            markdown_table(headers, rows),
+            "",
+            machine_description(),
+        ]
+    )
+    name = "vanderpol_feasibility_quick.md" if quick else "vanderpol_feasibility.md"
+    print(f"Written to {write_output(name, text)}")
 
 
 def main() -> None:
@@ -192,8 +263,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--timeout", type=float, help="seconds per design")
     parser.add_argument("--progress", action="store_true", help="with --design")
+    parser.add_argument(
+        "--feasibility",
+        action="store_true",
+        help="only count the windows that fail for the true equations",
+    )
     options = parser.parse_args()
     epochs = options.epochs or (20 if options.quick else 300)
+    if options.feasibility:
+        feasibility(options.quick)
+        return
     all_designs = designs(options.quick)
     if options.design:
         (design,) = [d for d in all_designs if d.name == options.design]
