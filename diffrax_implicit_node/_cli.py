@@ -303,8 +303,9 @@ def _train(
 
 
 def _summary(run: TrainingRun, options: argparse.Namespace) -> str:
+    refit = " (in the last refit after pruning)" if run.removed else ""
     return (
-        f"{options.model} model, {len(run.result.losses)} epochs of "
+        f"{options.model} model, {len(run.result.losses)} epochs{refit} of "
         f"{options.optimiser} with "
         f"{options.solver} ({run.steps_summary()}), final loss "
         f"{run.final_loss:.3e}, {run.seconds:.1f} s on {run.result.devices} "
