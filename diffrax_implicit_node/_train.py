@@ -21,9 +21,16 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ._data import as_observations
 from ._optimise import AbstractOptimisation, optimisation
-from ._sharding import data_parallel, Devices
+from ._sharding import data_parallel, DataParallel, Devices
 from ._uncertainty import Uncertainty, uncertainty
-from ._verify import DATA_RTOL, data_scale, Verification, verify, window_errors
+from ._verify import (
+    DATA_RTOL,
+    data_scale,
+    Verification,
+    verify,
+    window_errors,
+    window_predictions,
+)
 from ._windows import Residuals, windows_from
 
 
@@ -148,9 +155,10 @@ def fit(
     transient inside a gap is not resolved, and training can fit the data with the
     *discretisation's* error instead of the right equations: a tiny loss, wrong
     coefficients. With `steps_per_interval="auto"` (the default), training starts
-    with one step per window; whenever the optimiser converges, and every 50
-    epochs, every window whose predicted end changes, with twice the steps, by more
-    than a tenth of the `noise` (or, if not given, by more than $10^{-5}$),
+    with one step per window (more where a window's solve fails with the starting
+    parameters: doubled until it succeeds); whenever the optimiser converges, and
+    every 50 epochs, every window whose predicted end changes, with twice the steps,
+    by more than a tenth of the `noise` (or, if not given, by more than $10^{-5}$),
     relative to each component's largest magnitude, gets twice the steps, and
     training continues from where it was, until the optimiser converges with no
     window needing more (at most 256 steps). Windows differ: typically only the
@@ -271,13 +279,17 @@ def fit(
         windows.max_steps,
         args=args,
     )
+    checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
+    resuming = checkpoint_path is not None and checkpoint_path.exists()
+    if auto and not resuming:
+        residuals = _steps_that_solve(residuals, trainable, parallel)
     opt_state = parallel.lay_out_state(optimisation_.init(trainable, residuals), size)
     losses: list[float] = []
-    checkpoint_path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_path is not None:
         # Checkpoints hold host arrays without padding, for any number of devices.
         unpadded = parallel.unpadded(optimisation_.init, trainable, residuals)
-    if checkpoint_path is not None and checkpoint_path.exists():
+    if resuming:
+        assert checkpoint_path is not None
         saved = load_checkpoint(checkpoint_path, *unpadded, num_windows)
         trainable, opt_state = parallel.from_host(
             (saved.trainable, saved.opt_state), (trainable, opt_state)
@@ -364,6 +376,24 @@ def fit(
         steps=np.asarray(residuals.windows.steps).reshape(observations.ts.shape[0], -1),
         devices=parallel.num_devices,
     )
+
+
+def _steps_that_solve(
+    residuals: Residuals, trainable: PyTree, parallel: DataParallel
+) -> Residuals:
+    """Doubles the steps of every window whose solve fails with the starting parameters
+    (at most `MAX_AUTO_STEPS`): one failed window makes the loss infinite, and
+    training could not start."""
+    while True:
+        real = parallel.without_padding(residuals)
+        _, succeeded = window_predictions(real, trainable)
+        steps = real.windows.steps
+        failed = jnp.invert(succeeded) & (steps < MAX_AUTO_STEPS)
+        if not bool(jnp.any(failed)):
+            return residuals
+        residuals = residuals.with_steps(
+            parallel.shard_per_window(jnp.where(failed, 2 * steps, steps))
+        )
 
 
 class _RoundState(NamedTuple):

@@ -114,7 +114,7 @@ def data_scale(ys: Float[np.ndarray, "B T n"]) -> Float[np.ndarray, " n"]:
 
 
 @eqx.filter_jit
-def _window_predictions(
+def window_predictions(
     residuals: Residuals, trainable: PyTree
 ) -> tuple[Float[Array, "m n"], Bool[Array, " m"]]:
     return residuals.predictions(trainable)
@@ -159,9 +159,9 @@ def window_errors(
     failed solve gives an infinite change."""
     if steps is not None:
         residuals = residuals.with_steps(steps)
-    predictions, succeeded = _window_predictions(residuals, trainable)
+    predictions, succeeded = window_predictions(residuals, trainable)
     doubled = residuals.with_steps(2 * residuals.windows.steps)
-    finer, finer_succeeded = _window_predictions(doubled, trainable)
+    finer, finer_succeeded = window_predictions(doubled, trainable)
     scale = jnp.asarray(scale)[None, :]
     ok = (succeeded & finer_succeeded)[:, None]
     return WindowErrors(

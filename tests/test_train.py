@@ -573,3 +573,28 @@ def test_large_residuals_are_not_a_resolution_to_verify_at():
     scale = float(np.max(np.abs(ys)))
     given = din.fit(model, ts, ys, noise=0.5 / scale, **options)
     assert given.verification.verified, given.verification.message
+
+
+@pytest.mark.slow
+def test_auto_steps_start_where_one_step_per_gap_cannot_be_solved():
+    # x' = -50 x³ from 2, observed every 0.1: with the true equation, one step of the
+    # first gap (h λ = -60 at the start) defeats Newton's method, so the loss at the
+    # start would be infinite; 16 steps solve it.
+    ts = np.linspace(0.0, 1.0, 11)
+    ys = 1 / np.sqrt(1 / 4 + 100 * ts)
+    library = din.PolynomialLibrary(1, 3)
+    truth = eqx.tree_at(
+        lambda m: m.coefficients, library, jnp.array([[0.0, 0.0, 0.0, -50.0]])
+    )
+    options: dict[str, Any] = dict(
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        epochs=20,
+        progress=False,
+    )
+    result = din.fit(din.NeuralVectorField(truth), ts, ys[:, None], **options)
+    assert not result.stopped_early, result.message
+    assert result.verification.verified, result.verification.message
+    assert result.steps[0, 0] >= 16
+    rate = float(result.model.learned.coefficients[0, 3])
+    assert abs(rate + 50) / 50 < 1e-2
