@@ -442,6 +442,19 @@ def test_standard_errors_match_refits_of_noisy_copies():
     np.testing.assert_allclose(np.mean(stderrs, axis=0), spread, rtol=0.3)
 
 
+def least_squares_fit(model, ts, ys, **options):
+    """`fit` with Radau IIA 5 and Levenberg-Marquardt, as the command line trains."""
+    return din.fit(
+        model,
+        ts,
+        ys,
+        solver=din.solver_from_name("radau5"),
+        optimiser=din.optimiser_from_name("levenberg-marquardt"),
+        progress=False,
+        **options,
+    )
+
+
 @pytest.mark.parametrize(
     "learned",
     [din.PiNet(1, 1, 2, 3, key=jr.key(0)), din.PolynomialLibrary(1, 2)],
@@ -453,16 +466,7 @@ def test_unidentifiable_coefficients_are_named(learned):
     ts = np.linspace(0.0, 1.0, 6)
     ys = np.ones((6, 1))
     model = din.NeuralVectorField(learned)
-    result = din.fit(
-        model,
-        ts,
-        ys,
-        solver=din.solver_from_name("radau5"),
-        optimiser=din.optimiser_from_name("levenberg-marquardt"),
-        epochs=3,
-        steps_per_interval=1,
-        progress=False,
-    )
+    result = least_squares_fit(model, ts, ys, epochs=3, steps_per_interval=1)
     uncertainty = result.uncertainty
     assert uncertainty.names == ("x0': 1", "x0': x0", "x0': x0**2")
     assert len(uncertainty.unidentifiable) == 2
@@ -503,16 +507,7 @@ def test_sparsify_removes_exactly_the_absent_terms():
     ts, ys = two_species_data()
 
     def train(model):
-        return din.fit(
-            model,
-            ts,
-            ys,
-            solver=din.solver_from_name("radau5"),
-            optimiser=din.optimiser_from_name("levenberg-marquardt"),
-            epochs=100,
-            steps_per_interval=4,
-            progress=False,
-        )
+        return least_squares_fit(model, ts, ys, epochs=100, steps_per_interval=4)
 
     full = train(din.NeuralVectorField(din.PolynomialLibrary(2, 2)))
     assert full.verification.verified
