@@ -194,7 +194,7 @@ def uncertainty(
         residuals = eqx.tree_at(lambda r: r.frozen, residuals, frozen)
         # The terms removed from the library are no longer quantities of the model.
         kept = np.asarray(library.support).ravel()
-        names = tuple(np.asarray(coefficient_names(library))[kept])
+        names = tuple(n for n, k in zip(coefficient_names(library), kept) if k)
     else:
         kept = None
     flat, _ = jax.flatten_util.ravel_pytree(trainable)
