@@ -141,7 +141,8 @@ def test_reproduce_with_a_polynomial_library(tmp_path, capsys):
     out = tmp_path / "linear.json"
     arguments = ["reproduce", "linear", "--points", "20", "--epochs", "2"]
     arguments += ["--model", "polynomial", "--optimiser", "levenberg-marquardt"]
-    assert main(arguments + ["--quiet", "--out", str(out)]) == 0
+    # Two steps from zero are far from converged, and the command says so.
+    assert main(arguments + ["--quiet", "--out", str(out)]) == UNVERIFIED_STATUS
     assert "polynomial model" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["model"] == "polynomial" and result["epochs"] == 2
