@@ -356,8 +356,9 @@ def _report_pruning(run: TrainingRun) -> None:
         )
     if run.rejected:
         print(
-            f"Kept {len(run.rejected)} terms that look like zero, since without them "
-            "the refitted equations missed the data: " + ", ".join(run.rejected) + "."
+            f"Kept {len(run.rejected)} terms that look like zero: a refit without "
+            "them (or without a group of terms that included them) missed the data, "
+            "so some or all of them are needed: " + ", ".join(run.rejected) + "."
         )
 
 

@@ -158,7 +158,7 @@ def fit(
     with one step per window (more where a window's solve fails with the starting
     parameters: doubled until it succeeds); whenever the optimiser converges, and
     every 50 epochs, every window whose predicted end changes, with twice the steps,
-    by more than a tenth of the `noise` (or, if not given, by more than $10^{-5}$),
+    by more than a tenth of the `noise` (or, if not given, by more than $10^{-8}$),
     relative to each component's largest magnitude, gets twice the steps, and
     training continues from where it was, until the optimiser converges with no
     window needing more (at most 256 steps). Windows differ: typically only the

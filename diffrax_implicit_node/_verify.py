@@ -21,6 +21,12 @@ DATA_RTOL = 1e-4
 # The solver's own error must stay this far below the data's resolution: the
 # residuals then measure the equations, not their discretisation.
 DISCRETISATION_FRACTION = 0.1
+# Without a noise level, automatic steps refine until the discretisation changes a
+# prediction by less than a tenth of this: far below the resolution verified at, since
+# along a stiff direction a small bias of the residuals moves the coefficients far
+# (on Kaps' problem, stopping at a tenth of `DATA_RTOL` left coefficients 2 % off;
+# at this, 2e-5, as fixed fine steps do).
+REFINEMENT_RTOL = 1e-7
 # A fit whose residuals, with no noise level given, exceed this fraction of the data's
 # magnitude does not fit the data: its residuals are not a noise level to verify at.
 MAX_ESTIMATED_NOISE = 0.05
@@ -139,11 +145,10 @@ class WindowErrors(eqx.Module):
         return max(noise, DATA_RTOL)
 
     def refine(self, noise: float | None) -> Bool[Array, " m"]:
-        """Which windows' discretisation errors exceed a tenth of the resolution:
-        of the `noise` given, else of `DATA_RTOL`. (Not of the residuals: those of
-        a fit stuck in a poor minimum are large, and would stop the refinement
-        that may free it.)"""
-        resolution = max(noise, DATA_RTOL) if noise is not None else DATA_RTOL
+        """Which windows' discretisation errors exceed a tenth of the `noise` given,
+        else of `REFINEMENT_RTOL`. (Not of the residuals: those of a fit stuck in a
+        poor minimum are large, and would stop the refinement that may free it.)"""
+        resolution = REFINEMENT_RTOL if noise is None else noise
         tolerance = DISCRETISATION_FRACTION * resolution
         return ~(jnp.max(jnp.abs(self.change), axis=1) <= tolerance)
 

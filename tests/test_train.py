@@ -409,8 +409,8 @@ def test_auto_steps_recover_stiff_data_that_one_step_per_gap_biases():
     assert auto.verification.verified, auto.verification.message
     for value in (auto.model.rate, auto.model.level):
         assert abs(float(value) - 40) / 40 < 1e-2
-    # Only the gaps with the transient need more steps.
-    assert np.all(auto.steps[:, 0] > 1) and np.all(auto.steps[:, -1] == 1)
+    # The gaps with the transient need far more steps than the others.
+    assert np.all(auto.steps[:, 0] >= 4 * auto.steps[:, -1])
 
 
 @pytest.mark.slow
