@@ -244,18 +244,24 @@ NEURAL = Problem(
 )
 
 
-@functools.cache
-def reference_solution(problem: Problem, rtol: float = REFERENCE_RTOL) -> np.ndarray:
-    """The solution at `problem.t1` from SciPy's `Radau` at a tight tolerance."""
-    sol = scipy.integrate.solve_ivp(
+def scipy_solve(problem: Problem, rtol: float, method: str = "Radau"):
+    """SciPy's `solve_ivp` on `problem` with its analytic Jacobian, at `rtol` and
+    `atol = rtol x problem.scale`."""
+    return scipy.integrate.solve_ivp(
         problem.rhs_numpy,
         (problem.t0, problem.t1),
         np.asarray(problem.y0),
-        method="Radau",
+        method=method,
         jac=problem.jacobian_numpy,
         rtol=rtol,
         atol=rtol * problem.scale,
     )
+
+
+@functools.cache
+def reference_solution(problem: Problem, rtol: float = REFERENCE_RTOL) -> np.ndarray:
+    """The solution at `problem.t1` from SciPy's `Radau` at a tight tolerance."""
+    sol = scipy_solve(problem, rtol)
     if not sol.success:
         raise RuntimeError(f"Reference solve of {problem.name} failed: {sol.message}")
     return sol.y[:, -1]

@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import lineax as lx
 import matplotlib
 import numpy as np
-import scipy.integrate
 from _problems import (
     HIRES,
     machine_description,
@@ -56,6 +55,7 @@ from _problems import (
     REFERENCE_RTOL,
     reference_solution,
     relative_error,
+    scipy_solve,
     VAN_DER_POL,
     write_output,
 )
@@ -233,17 +233,7 @@ def run_scipy(
     records = []
     for method in SCIPY_METHODS:
         for rtol in rtols:
-
-            def solve():
-                return scipy.integrate.solve_ivp(
-                    problem.rhs_numpy,
-                    (problem.t0, problem.t1),
-                    np.asarray(problem.y0),
-                    method=method,
-                    jac=problem.jacobian_numpy,
-                    rtol=rtol,
-                    atol=rtol * problem.scale,
-                )
+            solve = functools.partial(scipy_solve, problem, rtol, method)
 
             sol = solve()
             records.append(

@@ -37,7 +37,6 @@ import diffrax
 import diffrax_implicit_node as din
 import jax.numpy as jnp
 import numpy as np
-import scipy.integrate
 from _problems import (
     HIRES,
     machine_description,
@@ -47,6 +46,7 @@ from _problems import (
     reference_solution,
     relative_error,
     ROBERTSON,
+    scipy_solve,
     VAN_DER_POL,
     write_output,
 )
@@ -155,17 +155,7 @@ def run_jax(problem, rtols, repeats, solvers, reference) -> list[dict]:
 def run_scipy(problem, rtols, repeats, reference) -> list[dict]:
     records = []
     for rtol in rtols:
-
-        def solve():
-            return scipy.integrate.solve_ivp(
-                problem.rhs_numpy,
-                (problem.t0, problem.t1),
-                np.asarray(problem.y0),
-                method="Radau",
-                jac=problem.jacobian_numpy,
-                rtol=rtol,
-                atol=rtol * problem.scale,
-            )
+        solve = functools.partial(scipy_solve, problem, rtol)
 
         sol = solve()
         records.append(
