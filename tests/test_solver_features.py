@@ -422,3 +422,46 @@ def test_robertson_keeps_its_linear_invariant_like_scipy():
     drift = np.max(np.abs(np.sum(np.asarray(ys), axis=1) - 1))
     scipy_drift = np.max(np.abs(np.sum(scipy_ys, axis=1) - 1))
     assert drift <= 10 * max(scipy_drift, np.finfo(np.float64).eps)
+
+
+def e5(t, y, args):
+    """Problem E5 of the stiff DETEST set (chemical pyrolysis): y1 is about 1e-3, the
+    others 1e-10 and below, and y2 - y3 - y4 is an invariant."""
+    del t, args
+    a, b, c, m = 7.89e-10, 1.1e7, 1.13e3, 1e6
+    y1, y2, y3, y4 = y
+    return jnp.stack(
+        [
+            -a * y1 - b * y1 * y3,
+            a * y1 - m * c * y2 * y3,
+            a * y1 - b * y1 * y3 - m * c * y2 * y3 + c * y4,
+            b * y1 * y3 - c * y4,
+        ]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reuse_jacobian", [True, False])
+def test_badly_scaled_kinetics_keep_their_linear_invariant_to_round_off(
+    reuse_jacobian,
+):
+    """E5 over 13 decades of time, at the loose rtol where a loosely converged Newton
+    iteration would show: y2 - y3 - y4 stays 0 to within the round-off of the largest
+    component (eps |y1|, 4e-19). Its small components are 1e-10 to 1e-22, so a drift at
+    the Newton tolerance (about kappa rtol |y1|, 1e-10) would be far outside."""
+    y0 = jnp.array([1.76e-3, 0.0, 0.0, 0.0])
+    ys = diffrax.diffeqsolve(
+        diffrax.ODETerm(e5),
+        din.RadauIIA5(reuse_jacobian=reuse_jacobian),
+        0.0,
+        1e13,
+        None,
+        y0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1.11e-24),
+        saveat=diffrax.SaveAt(ts=jnp.geomspace(1e-4, 1e13, 60)),
+        max_steps=10_000,
+    ).ys
+    drift = np.max(np.abs(np.asarray(ys[:, 1] - ys[:, 2] - ys[:, 3])))
+    assert drift <= np.finfo(np.float64).eps * 1.76e-3
+    # Not a solution that stayed at zero: the small components carry the invariant.
+    assert np.max(np.asarray(ys[:, 1])) > 1e-11
