@@ -22,6 +22,9 @@ Adam update per optimiser step. Variants:
   stepsize_controller=ConstantStepSize())` with Diffrax's default
   `RecursiveCheckpointAdjoint` (which recomputes the step in the backward pass) and
   the solver's defaults (Jacobian reuse on).
+- `drop-in, DirectAdjoint` (only with `--same-process`): the same with
+  `adjoint=diffrax.DirectAdjoint()`, which does not recompute the step: the difference
+  to `drop-in` is what the checkpointed adjoint's recomputation costs.
 - `textbook`: written here. Full Newton on the 3n stage system
   `Z - h (A kron I) f(y0 + Z) = 0` with `optimistix.Newton`, which builds a fresh
   forward-mode Jacobian of the whole 3n residual (`jax.jacfwd`-equivalent) and a
@@ -41,6 +44,7 @@ counts Python, JAX and the compiler).
 
 import argparse
 import faulthandler
+import functools
 import json
 import os
 import resource
@@ -73,7 +77,7 @@ WIDTH = 32
 LEARNING_RATE = 1e-3
 VARIANTS = ("package", "drop-in", "textbook", "kvaerno5")
 # `--same-process` times these together, interleaved, in this process.
-SAME_PROCESS_VARIANTS = ("package", "drop-in", "textbook")
+SAME_PROCESS_VARIANTS = ("package", "drop-in", "drop-in, DirectAdjoint", "textbook")
 ATTEMPTS = 3
 
 _SQRT6 = np.sqrt(6)
@@ -138,7 +142,7 @@ def package_step(field, y0, dt):
     return _interval_step(field, _radau5(), y0, dt)
 
 
-def drop_in_step(field, y0, dt):
+def drop_in_step(field, y0, dt, adjoint=diffrax.RecursiveCheckpointAdjoint()):
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         _radau5(),
@@ -148,6 +152,7 @@ def drop_in_step(field, y0, dt):
         y0,
         stepsize_controller=diffrax.ConstantStepSize(),
         max_steps=1,
+        adjoint=adjoint,
     )
     return sol.ys[-1]  # pyright: ignore[reportOptionalSubscript]
 
@@ -183,6 +188,9 @@ def textbook_step(field, y0, dt):
 STEPS = {
     "package": package_step,
     "drop-in": drop_in_step,
+    "drop-in, DirectAdjoint": functools.partial(
+        drop_in_step, adjoint=diffrax.DirectAdjoint()
+    ),
     "textbook": textbook_step,
     "kvaerno5": kvaerno5_step,
 }
