@@ -244,9 +244,13 @@ NEURAL = Problem(
 )
 
 
-def scipy_solve(problem: Problem, rtol: float, method: str = "Radau"):
+def scipy_solve(
+    problem: Problem,
+    rtol: float,
+    method: str | type[scipy.integrate.OdeSolver] = "Radau",
+):
     """SciPy's `solve_ivp` on `problem` with its analytic Jacobian, at `rtol` and
-    `atol = rtol x problem.scale`."""
+    `atol = rtol x problem.scale`; `method` as for `solve_ivp`."""
     return scipy.integrate.solve_ivp(
         problem.rhs_numpy,
         (problem.t0, problem.t1),

@@ -126,15 +126,7 @@ def estimate_ratios(rtol: float) -> list[object]:
             steps.append((t, y, self.t - t, self.error_norm_old))
             return result
 
-    scipy.integrate.solve_ivp(
-        HIRES.rhs_numpy,
-        (HIRES.t0, HIRES.t1),
-        np.asarray(HIRES.y0),
-        method=RecordingRadau,
-        jac=HIRES.jacobian_numpy,
-        rtol=rtol,
-        atol=atol,
-    )
+    scipy_solve(HIRES, rtol, RecordingRadau)
     solver = din.RadauIIA5(root_finder=din.SimplifiedNewton(rtol=rtol, atol=atol))
     term = diffrax.ODETerm(HIRES.vector_field)
 
