@@ -445,10 +445,11 @@ def e5(t, y, args):
 def test_badly_scaled_kinetics_keep_their_linear_invariant_to_round_off(
     reuse_jacobian,
 ):
-    """E5 over 13 decades of time, at the loose rtol where a loosely converged Newton
-    iteration would show: y2 - y3 - y4 stays 0 to within the round-off of the largest
-    component (eps |y1|, 4e-19). Its small components are 1e-10 to 1e-22, so a drift at
-    the Newton tolerance (about kappa rtol |y1|, 1e-10) would be far outside."""
+    """E5 over 13 decades of time at a loose rtol: y2 - y3 - y4 stays 0 to within the
+    round-off of the largest component (eps |y1|, 4e-19), however loosely Newton's
+    method converged, since a simplified Newton update with the exact Jacobian keeps a
+    linear invariant. A Jacobian off by 1e-9 relative (as finite differences give)
+    drifts 10 to 75 times further."""
     y0 = jnp.array([1.76e-3, 0.0, 0.0, 0.0])
     ys = diffrax.diffeqsolve(
         diffrax.ODETerm(e5),
