@@ -168,16 +168,19 @@ def study(
     solvers: tuple[str, ...] = IMPLICIT_SOLVERS,
     *,
     quick: bool,
+    steps: int | None = None,
 ) -> None:
-    """Trains with every solver on every number of observations; with several numbers
-    of observations, also plots the coefficient error against them."""
+    """Trains with every solver on every number of observations (with `steps` solver
+    steps per gap, by default the example's); with several numbers of observations,
+    also plots the coefficient error against them."""
     example = din.EXAMPLES[name]
+    steps = example.steps_per_interval if steps is None else steps
     if quick:
         solvers = tuple(dict.fromkeys(solvers[:1] + solvers[-1:]))
         points = tuple(dict.fromkeys(max(n // 20, 8) for n in points[:2]))
     epochs = 10 if quick else example.epochs
     start = time.perf_counter()
-    runs = [train(name, s, n, epochs) for s in solvers for n in points]
+    runs = [train(name, s, n, epochs, steps=steps) for s in solvers for n in points]
     total = time.perf_counter() - start
     suffix = "_quick" if quick else ""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -196,7 +199,7 @@ def study(
             f"{model}; "
             f"at most {epochs} steps of {example.optimiser} "
             f"(`din.optimiser_from_name({example.optimiser!r})`); "
-            f"{example.steps_per_interval} solver step(s) per gap. "
+            f"{steps} solver step(s) per gap. "
             f"Total time {total:.0f} s on {machine()}.",
             "",
             "Fractional relative error |learned - true| / |true| of each true "

@@ -121,7 +121,7 @@ def test_reproduce_writes_json(tmp_path, capsys):
     assert result["removed"] == []  # An unverified fit is not pruned.
     assert result["epochs"] == 3 and result["solver"] == "radau5"
     # The example's own defaults.
-    assert result["optimiser"] == "lbfgs" and result["steps_per_interval"] == 1
+    assert result["optimiser"] == "lbfgs" and result["steps_per_interval"] == "auto"
     equation = result["equations"]["x0"]
     coefficients = equation["coefficients"]
     assert coefficients.keys() == {"x0", "1"}
