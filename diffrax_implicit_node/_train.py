@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import tqdm
-from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ._data import as_observations
@@ -339,7 +339,7 @@ def fit(
                 if state.converged:
                     break
                 continue
-            residuals = _double_steps(residuals, parallel, refine)
+            residuals = _double_steps(residuals, parallel, steps, refine)
             opt_state = parallel.lay_out_state(
                 optimisation_.init(trainable, residuals), size
             )
@@ -389,15 +389,17 @@ def _steps_that_solve(
         failed = jnp.invert(succeeded) & (steps < MAX_AUTO_STEPS)
         if not bool(jnp.any(failed)):
             return residuals
-        residuals = _double_steps(residuals, parallel, failed)
+        residuals = _double_steps(residuals, parallel, steps, failed)
 
 
 def _double_steps(
-    residuals: Residuals, parallel: DataParallel, windows: Bool[Array, " windows"]
+    residuals: Residuals,
+    parallel: DataParallel,
+    steps: Int[Array, " windows"],
+    windows: Bool[Array, " windows"],
 ) -> Residuals:
-    """`residuals` with twice the steps in each of the real windows that `windows`
-    marks."""
-    steps = parallel.without_padding(residuals).windows.steps
+    """`residuals` with twice the `steps` (those of the real windows) in each real
+    window that `windows` marks."""
     return residuals.with_steps(
         parallel.shard_per_window(jnp.where(windows, 2 * steps, steps))
     )

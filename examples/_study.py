@@ -56,7 +56,7 @@ def parse_arguments(description: str) -> argparse.Namespace:
 
 
 def train(
-    name: str, solver: str, points: int, epochs: int, seed: int = 0, steps=None
+    name: str, solver: str, points: int, epochs: int, steps, seed: int = 0
 ) -> Run:
     example = din.EXAMPLES[name]
     ts, ys = example.data(points)
@@ -67,7 +67,7 @@ def train(
         solver=solver,
         optimiser=example.optimiser,
         epochs=epochs,
-        steps=example.steps_per_interval if steps is None else steps,
+        steps=steps,
         progress=False,
     )
     result = run.result

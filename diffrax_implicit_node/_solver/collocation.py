@@ -446,6 +446,19 @@ def _without_tangents(tree: PyTree) -> PyTree:
     return eqx.combine(lax.stop_gradient(differentiable), static)
 
 
+def _zeros_shaped_like_output(fn: Callable, *args: Any) -> PyTree:
+    """What `fn(*args)` would return, without computing it: its arrays as zeros, its
+    other leaves as they are."""
+    return jax.tree.map(
+        lambda leaf: (
+            jnp.zeros(leaf.shape, leaf.dtype)
+            if isinstance(leaf, jax.ShapeDtypeStruct)
+            else leaf
+        ),
+        eqx.filter_eval_shape(fn, *args),
+    )
+
+
 def _complex_dtype(dtype) -> jnp.dtype:
     """The complex dtype with the precision of the real `dtype`. (Explicitly: strict
     dtype promotion has no path from a real to a complex dtype.)"""
@@ -780,14 +793,9 @@ class AbstractCollocationSolver(
 
     def _placeholder_newton_matrix(self, size: int, dtype) -> _CollocationNewtonMatrix:
         """A Newton matrix of the right structure, all zeros, without factorising."""
-        shapes = eqx.filter_eval_shape(
+        return _zeros_shaped_like_output(
             lambda hjac: _CollocationNewtonMatrix(self.tableau, hjac),
             jax.ShapeDtypeStruct((size, size), dtype),
-        )
-        return jax.tree_util.tree_map(
-            lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
-            shapes,
-            is_leaf=lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct),
         )
 
     def step(
@@ -1047,15 +1055,8 @@ class AbstractCollocationSolver(
             return Attempt(retry, retry, retry, hjac, newton_matrix, solution)
 
         # A loop, so that the Newton iteration is compiled once for both attempts.
-        no_solution = jax.tree.map(
-            lambda leaf: (
-                jnp.zeros(leaf.shape, leaf.dtype)
-                if isinstance(leaf, jax.ShapeDtypeStruct)
-                else leaf
-            ),
-            eqx.filter_eval_shape(
-                equations.solve, state.newton_matrix, starting_stages
-            ),
+        no_solution = _zeros_shaped_like_output(
+            equations.solve, state.newton_matrix, starting_stages
         )
         first = Attempt(
             pending=jnp.array(True),
